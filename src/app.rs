@@ -1,0 +1,164 @@
+//! The shared state of a running server, and reloading it without dropping a request.
+//!
+//! Every request takes one [`Snapshot`] (configuration, compiled policy, token table) at its start and uses only that,
+//! so a reload swaps the whole state atomically: a request sees the old state or the new one, never a mix. A file
+//! that fails to parse or check is refused and the old state keeps serving; the failure shows in `/healthz`.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::store::{self, TokenTable};
+use crate::throttle::Throttle;
+use crate::upstream::Upstreams;
+use crate::view::Views;
+
+/// One consistent state: what a request is served under.
+pub struct Snapshot {
+    /// The checked configuration.
+    pub config: Arc<Config>,
+    /// Its compiled authorization rules.
+    pub policy: Arc<Policy>,
+    /// The tokens.
+    pub tokens: Arc<TokenTable>,
+}
+
+/// The tokens file's identity at the last (re)load, to notice changes cheaply.
+type FileStamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &std::path::Path) -> FileStamp {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+/// Everything a running server shares between connections.
+pub struct App {
+    snapshot: ArcSwap<Snapshot>,
+    /// The upstream client.
+    pub upstreams: Upstreams,
+    /// Cached repodata views.
+    pub views: Views,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// Failed token checks per client address.
+    pub throttle: Throttle,
+    reload_error: Mutex<Option<String>>,
+    tokens_stamp: Mutex<FileStamp>,
+}
+
+impl App {
+    /// Builds the state from a checked configuration, reading its tokens file.
+    pub fn new(config: Config) -> Result<Self, store::StoreError> {
+        let tokens_stamp = stamp(&config.tokens_file);
+        let tokens = TokenTable::new(store::load(&config.tokens_file)?);
+        let upstreams = Upstreams::new(config.upstream_timeouts);
+        let views = Views::new(config.cache_max_bytes);
+        let snapshot = Snapshot {
+            policy: Arc::new(Policy::new(&config)),
+            config: Arc::new(config),
+            tokens: Arc::new(tokens),
+        };
+        Ok(App {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            upstreams,
+            views,
+            metrics: Metrics::default(),
+            throttle: Throttle::default(),
+            reload_error: Mutex::new(None),
+            tokens_stamp: Mutex::new(tokens_stamp),
+        })
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The last reload's failure, if the last reload failed.
+    pub fn reload_error(&self) -> Option<String> {
+        self.reload_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+
+    fn record(&self, result: Result<(), String>) -> Result<(), String> {
+        if let Ok(mut e) = self.reload_error.lock() {
+            *e = result.as_ref().err().cloned();
+        }
+        match &result {
+            Ok(()) => tracing::info!("reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the previous state keeps serving")
+            }
+        }
+        result
+    }
+
+    /// Re-reads the tokens file if it changed since the last look. Returns whether it reloaded.
+    pub fn reload_tokens_if_changed(&self) -> Result<bool, String> {
+        let snap = self.snapshot();
+        let now = stamp(&snap.config.tokens_file);
+        {
+            let held = self
+                .tokens_stamp
+                .lock()
+                .map_err(|_| "poisoned lock".to_owned())?;
+            if *held == now {
+                return Ok(false);
+            }
+        }
+        self.reload_tokens().map(|()| true)
+    }
+
+    /// Re-reads the tokens file; on failure the old tokens stay in force.
+    pub fn reload_tokens(&self) -> Result<(), String> {
+        let snap = self.snapshot();
+        let path = &snap.config.tokens_file;
+        let now = stamp(path);
+        let result = store::load(path).map_err(|e| e.to_string()).map(|records| {
+            self.snapshot.store(Arc::new(Snapshot {
+                config: Arc::clone(&snap.config),
+                policy: Arc::clone(&snap.policy),
+                tokens: Arc::new(TokenTable::new(records)),
+            }));
+        });
+        if let Ok(mut s) = self.tokens_stamp.lock() {
+            // Remember the stamp even on failure, so a broken file is reported once, not every poll.
+            *s = now;
+        }
+        self.record(result)
+    }
+
+    /// Re-reads the configuration file (when the server was started from one) and the tokens file. The listen
+    /// address, upstream timeouts and cache size are fixed at start; everything else takes effect at once.
+    pub fn reload_all(&self) -> Result<(), String> {
+        let snap = self.snapshot();
+        let Some(path) = snap.config.path.clone() else {
+            return self.reload_tokens();
+        };
+        let result = Config::load(&path)
+            .map_err(|e| e.to_string().trim_end().to_owned())
+            .and_then(|config| {
+                let now = stamp(&config.tokens_file);
+                let records = store::load(&config.tokens_file).map_err(|e| e.to_string())?;
+                if config.server.listen != snap.config.server.listen {
+                    tracing::warn!(
+                        "server.listen changed; the new address takes effect after a restart"
+                    );
+                }
+                self.snapshot.store(Arc::new(Snapshot {
+                    policy: Arc::new(Policy::new(&config)),
+                    config: Arc::new(config),
+                    tokens: Arc::new(TokenTable::new(records)),
+                }));
+                if let Ok(mut s) = self.tokens_stamp.lock() {
+                    *s = now;
+                }
+                Ok(())
+            });
+        self.record(result)
+    }
+}

@@ -1,0 +1,280 @@
+//! The request path's one error type, and the one place it becomes a response.
+//!
+//! [`Error::status`] is an exhaustive `match`: a new variant does not compile until someone decides its status.
+//! Every refusal is answered with an `application/problem+json` body (RFC 9457) whose `detail` says why in words a
+//! conda user can act on. No variant holds a token, so no body can contain one.
+
+use crate::body::{full, Body};
+use crate::policy::Denied;
+use crate::store::format_time;
+use bytes::Bytes;
+use http::header::{
+    ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use http::{HeaderValue, Response, StatusCode};
+
+/// Everything that can stop a request from being served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Refused by authentication or authorization.
+    #[error("{0:?}")]
+    Denied(Denied),
+    /// A path that cannot be decoded or tries to leave its folder.
+    #[error("malformed path")]
+    BadPath,
+    /// Missing, hidden from this token, or not a file kind condagate serves: deliberately indistinguishable.
+    #[error("not found")]
+    NotFound,
+    /// A method other than GET and HEAD (or, on the admin API, other than the route's).
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// A `Range` outside the file.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable {
+        /// The file's length.
+        size: u64,
+    },
+    /// Too many failed token checks from this address.
+    #[error("too many failed attempts")]
+    Throttled {
+        /// Seconds until the address may try again.
+        retry_after: u64,
+    },
+    /// The upstream could not be reached, or answered with an error.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// condagate's own fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Who is to blame for an error, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The client sent something it may not have, or that is wrong.
+    Client,
+    /// The upstream failed.
+    Upstream,
+    /// condagate failed.
+    Proxy,
+}
+
+impl From<Denied> for Error {
+    fn from(d: Denied) -> Self {
+        Error::Denied(d)
+    }
+}
+
+impl Error {
+    /// The HTTP status of the response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Denied(d) => match d {
+                Denied::NoCredentials
+                | Denied::Malformed
+                | Denied::Unknown
+                | Denied::Revoked
+                | Denied::Expired(_) => StatusCode::UNAUTHORIZED,
+                Denied::NoDownloadScope | Denied::NotAllowed => StatusCode::FORBIDDEN,
+                Denied::UnknownChannel => StatusCode::NOT_FOUND,
+            },
+            Error::BadPath => StatusCode::BAD_REQUEST,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Who is to blame.
+    pub fn blame(&self) -> Blame {
+        match self {
+            Error::Denied(_)
+            | Error::BadPath
+            | Error::NotFound
+            | Error::MethodNotAllowed(_)
+            | Error::RangeNotSatisfiable { .. }
+            | Error::Throttled { .. } => Blame::Client,
+            Error::Upstream(_) | Error::UpstreamTimeout => Blame::Upstream,
+            Error::Internal(_) => Blame::Proxy,
+        }
+    }
+
+    /// A short machine-readable reason, for the problem `type`, logs and metric labels (a fixed, small set).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Denied(d) => match d {
+                Denied::NoCredentials => "no-credentials",
+                Denied::Malformed => "malformed-token",
+                Denied::Unknown => "unknown-token",
+                Denied::Revoked => "revoked-token",
+                Denied::Expired(_) => "expired-token",
+                Denied::NoDownloadScope => "missing-scope",
+                Denied::NotAllowed => "not-allowed",
+                Denied::UnknownChannel => "not-found",
+            },
+            Error::BadPath => "bad-path",
+            Error::NotFound => "not-found",
+            Error::MethodNotAllowed(_) => "method-not-allowed",
+            Error::RangeNotSatisfiable { .. } => "range-not-satisfiable",
+            Error::Throttled { .. } => "throttled",
+            Error::Upstream(_) => "upstream-error",
+            Error::UpstreamTimeout => "upstream-timeout",
+            Error::Internal(_) => "internal-error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Error::Denied(d) => match d {
+                Denied::NoCredentials => {
+                    "This channel needs a token: use https://HOST/t/<TOKEN>/<channel> or an Authorization header."
+                        .to_owned()
+                }
+                Denied::Malformed => "The token given is malformed.".to_owned(),
+                Denied::Unknown => "The token given is invalid.".to_owned(),
+                Denied::Revoked => "The token given has been revoked.".to_owned(),
+                Denied::Expired(at) => format!("The token given expired at {}.", format_time(*at)),
+                Denied::NoDownloadScope => {
+                    "The token's scopes do not allow downloads (it needs one of all, repos, conda, conda:download)."
+                        .to_owned()
+                }
+                Denied::NotAllowed => "The token's user may not read this channel or label.".to_owned(),
+                Denied::UnknownChannel => "No such file.".to_owned(),
+            },
+            Error::BadPath => "The request path is malformed.".to_owned(),
+            Error::NotFound => "No such file.".to_owned(),
+            Error::MethodNotAllowed(allow) => format!("Only {allow} are allowed here."),
+            Error::RangeNotSatisfiable { size } => format!("The requested range is outside the file ({size} bytes)."),
+            Error::Throttled { retry_after } => {
+                format!("Too many failed token checks from this address; try again in {retry_after} s.")
+            }
+            Error::Upstream(_) => "The package store behind this server failed.".to_owned(),
+            Error::UpstreamTimeout => "The package store behind this server did not answer in time.".to_owned(),
+            Error::Internal(_) => "The server failed; the error was logged.".to_owned(),
+        }
+    }
+
+    /// The response: status, problem+json body, and the headers the status calls for.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let body = problem_json(status, self.reason(), &self.detail());
+        let mut resp = Response::new(full(body.clone()));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        match &self {
+            Error::Denied(Denied::NoCredentials) => {
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"condagate\""),
+                );
+                h.append(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"condagate\""),
+                );
+            }
+            Error::Denied(
+                Denied::Malformed | Denied::Unknown | Denied::Revoked | Denied::Expired(_),
+            ) => {
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"condagate\", error=\"invalid_token\""),
+                );
+            }
+            Error::MethodNotAllowed(allow) => {
+                h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            Error::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::try_from(format!("bytes */{size}")) {
+                    h.insert(CONTENT_RANGE, v);
+                }
+            }
+            Error::Throttled { retry_after } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Error::Denied(
+                Denied::NoDownloadScope | Denied::NotAllowed | Denied::UnknownChannel,
+            )
+            | Error::BadPath
+            | Error::NotFound
+            | Error::Upstream(_)
+            | Error::UpstreamTimeout
+            | Error::Internal(_) => {}
+        }
+        resp
+    }
+}
+
+/// A problem+json body.
+pub fn problem_json(status: StatusCode, reason: &str, detail: &str) -> Bytes {
+    let v = serde_json::json!({
+        "type": format!("https://condagate.dev/problems/{reason}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    #[test]
+    fn statuses_follow_the_table() {
+        let cases = [
+            (Error::Denied(Denied::NoCredentials), 401),
+            (Error::Denied(Denied::Malformed), 401),
+            (Error::Denied(Denied::Unknown), 401),
+            (Error::Denied(Denied::Revoked), 401),
+            (
+                Error::Denied(Denied::Expired(OffsetDateTime::UNIX_EPOCH)),
+                401,
+            ),
+            (Error::Denied(Denied::NoDownloadScope), 403),
+            (Error::Denied(Denied::NotAllowed), 403),
+            (Error::Denied(Denied::UnknownChannel), 404),
+            (Error::NotFound, 404),
+            (Error::BadPath, 400),
+            (Error::MethodNotAllowed("GET, HEAD"), 405),
+            (Error::RangeNotSatisfiable { size: 3 }, 416),
+            (Error::Throttled { retry_after: 5 }, 429),
+            (Error::Upstream("x".into()), 502),
+            (Error::UpstreamTimeout, 504),
+            (Error::Internal("x".into()), 500),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.status().as_u16(), want, "{e:?}");
+            let resp = e.into_response();
+            assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
+        }
+    }
+
+    #[test]
+    fn hidden_and_missing_look_the_same() {
+        let a = Error::NotFound;
+        let b = Error::Denied(Denied::UnknownChannel);
+        assert_eq!(a.status(), b.status());
+        assert_eq!(a.reason(), b.reason());
+        assert_eq!(a.detail(), b.detail());
+    }
+
+    #[test]
+    fn an_expired_token_says_when() {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let d = Error::Denied(Denied::Expired(at)).detail();
+        assert!(d.contains("expired at 2023-11-14T22:13:20Z"), "{d}");
+    }
+}

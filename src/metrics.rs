@@ -1,0 +1,139 @@
+//! Counters for `GET /metrics`, in the Prometheus text format. Label sets are fixed and small: per-package counts
+//! belong in the access log, not here.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Upper bounds of the request duration histogram, in seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// Refusal reasons counted, in the order of [`crate::error::Error::reason`].
+pub const REFUSALS: [&str; 7] = [
+    "no-credentials",
+    "malformed-token",
+    "unknown-token",
+    "revoked-token",
+    "expired-token",
+    "missing-scope",
+    "not-allowed",
+];
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    by_class: [AtomicU64; 5],
+    bytes: AtomicU64,
+    duration_buckets: [AtomicU64; BUCKETS.len()],
+    duration_count: AtomicU64,
+    duration_sum_us: AtomicU64,
+    upstream_errors: AtomicU64,
+    refusals: [AtomicU64; REFUSALS.len()],
+    throttled: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a finished response.
+    pub fn response(&self, status: u16, bytes: u64, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.duration_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.duration_count.fetch_add(1, Relaxed);
+        self.duration_sum_us
+            .fetch_add((seconds * 1e6) as u64, Relaxed);
+    }
+
+    /// Counts a refusal by its reason (reasons outside [`REFUSALS`] are not counted here).
+    pub fn refusal(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.refusals[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts an upstream failure.
+    pub fn upstream_error(&self) {
+        self.upstream_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an address starting a cool-down.
+    pub fn throttled(&self) {
+        self.throttled.fetch_add(1, Relaxed);
+    }
+
+    /// Renders every counter, plus the gauges given.
+    pub fn render(
+        &self,
+        view_hits: u64,
+        view_misses: u64,
+        view_bytes: u64,
+        blocked_now: usize,
+    ) -> String {
+        let mut s = String::with_capacity(2048);
+        let _ = writeln!(s, "# TYPE condagate_requests_total counter");
+        for (i, c) in self.by_class.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "condagate_requests_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# TYPE condagate_response_bytes_total counter");
+        let _ = writeln!(
+            s,
+            "condagate_response_bytes_total {}",
+            self.bytes.load(Relaxed)
+        );
+        let _ = writeln!(s, "# TYPE condagate_request_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.duration_buckets) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(
+                s,
+                "condagate_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let count = self.duration_count.load(Relaxed);
+        let _ = writeln!(
+            s,
+            "condagate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            s,
+            "condagate_request_duration_seconds_sum {}",
+            self.duration_sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "condagate_request_duration_seconds_count {count}");
+        let _ = writeln!(s, "# TYPE condagate_upstream_errors_total counter");
+        let _ = writeln!(
+            s,
+            "condagate_upstream_errors_total {}",
+            self.upstream_errors.load(Relaxed)
+        );
+        let _ = writeln!(s, "# TYPE condagate_auth_refusals_total counter");
+        for (r, c) in REFUSALS.iter().zip(&self.refusals) {
+            let _ = writeln!(
+                s,
+                "condagate_auth_refusals_total{{reason=\"{r}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# TYPE condagate_throttled_total counter");
+        let _ = writeln!(
+            s,
+            "condagate_throttled_total {}",
+            self.throttled.load(Relaxed)
+        );
+        let _ = writeln!(s, "# TYPE condagate_throttled_addresses gauge");
+        let _ = writeln!(s, "condagate_throttled_addresses {blocked_now}");
+        let _ = writeln!(s, "# TYPE condagate_view_cache_hits_total counter");
+        let _ = writeln!(s, "condagate_view_cache_hits_total {view_hits}");
+        let _ = writeln!(s, "# TYPE condagate_view_cache_misses_total counter");
+        let _ = writeln!(s, "condagate_view_cache_misses_total {view_misses}");
+        let _ = writeln!(s, "# TYPE condagate_view_cache_bytes gauge");
+        let _ = writeln!(s, "condagate_view_cache_bytes {view_bytes}");
+        s
+    }
+}

@@ -1,0 +1,468 @@
+//! Stage 1: turn a request path into what it asks for, or refuse it.
+//!
+//! Accepted shapes, all below `server.base_path`:
+//! ```text
+//! [/t/<TOKEN>]/<channel>[/label/<label>]/<subdir>/<file>
+//! [/t/<TOKEN>]/<channel>[/label/<label>]/<subdir>/shards/<64 hex>.msgpack.zst
+//! [/t/<TOKEN>]/<channel>/notices.json
+//! /api/…  /healthz  /readyz  /metrics
+//! ```
+//! Each segment is percent-decoded on its own and must then be valid UTF-8 without `/`, `\`, NUL or control
+//! characters, and must not be `.`, `..` or start with a dot; so no request can name a file outside its channel.
+//! Only the conda file kinds in [`FileKind`] are served: anything else is "not found".
+
+use crate::token::{MalformedToken, Token};
+
+/// Why a path is refused before any authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    /// Not decodable, or trying to leave its folder (`..`, encoded separators, NUL, backslashes).
+    BadPath,
+    /// Well-formed but not something condagate serves.
+    NotServed,
+}
+
+/// The conda file kinds condagate serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// `repodata.json`
+    RepodataJson,
+    /// `repodata.json.zst`
+    RepodataZst,
+    /// `repodata.json.bz2`
+    RepodataBz2,
+    /// `current_repodata.json`
+    CurrentRepodata,
+    /// `repodata_shards.msgpack.zst` (CEP-16 shard index)
+    ShardIndex,
+    /// `shards/<sha256>.msgpack.zst`
+    Shard([u8; 32]),
+    /// A package file, `<name>-<version>-<build>.tar.bz2` or `.conda`.
+    Package(PackageFile),
+    /// `<channel>/notices.json`
+    Notices,
+}
+
+impl FileKind {
+    /// Whether this is one of the repodata forms a per-token view applies to.
+    pub fn is_repodata(&self) -> bool {
+        matches!(
+            self,
+            FileKind::RepodataJson
+                | FileKind::RepodataZst
+                | FileKind::RepodataBz2
+                | FileKind::CurrentRepodata
+                | FileKind::ShardIndex
+        )
+    }
+
+    /// The `Content-Type` condagate sends for this kind.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            FileKind::RepodataJson | FileKind::CurrentRepodata | FileKind::Notices => {
+                "application/json"
+            }
+            FileKind::RepodataZst | FileKind::ShardIndex | FileKind::Shard(_) => "application/zstd",
+            FileKind::RepodataBz2 => "application/x-bzip2",
+            FileKind::Package(p) if p.is_conda() => "application/octet-stream",
+            FileKind::Package(_) => "application/x-bzip2",
+        }
+    }
+}
+
+/// A package file name split into its parts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PackageFile {
+    filename: String,
+    name_len: usize,
+}
+
+impl PackageFile {
+    /// Parses `<name>-<version>-<build>.tar.bz2` or `.conda`. Version and build hold no `-`; the name may.
+    pub fn parse(filename: &str) -> Option<Self> {
+        let stem = filename
+            .strip_suffix(".tar.bz2")
+            .or_else(|| filename.strip_suffix(".conda"))?;
+        let name_len = package_name_len(stem)?;
+        Some(PackageFile {
+            filename: filename.to_owned(),
+            name_len,
+        })
+    }
+
+    /// The package name.
+    pub fn name(&self) -> &str {
+        &self.filename[..self.name_len]
+    }
+
+    /// The whole file name.
+    pub fn filename(&self) -> &str {
+        &self.filename
+    }
+
+    /// Whether it is a `.conda` file.
+    pub fn is_conda(&self) -> bool {
+        self.filename.ends_with(".conda")
+    }
+}
+
+/// Length of the name in `<name>-<version>-<build>`, if the stem has that shape with three non-empty parts.
+pub fn package_name_len(stem: &str) -> Option<usize> {
+    let build_dash = stem.rfind('-')?;
+    let version_dash = stem[..build_dash].rfind('-')?;
+    let ok = version_dash > 0 && build_dash > version_dash + 1 && build_dash + 1 < stem.len();
+    ok.then_some(version_dash)
+}
+
+/// The package name of a repodata key: a file name with or without its extension.
+pub fn package_name_of_key(key: &str) -> Option<&str> {
+    let stem = key
+        .strip_suffix(".tar.bz2")
+        .or_else(|| key.strip_suffix(".conda"))
+        .or_else(|| key.strip_suffix(".whl"))
+        .unwrap_or(key);
+    package_name_len(stem).map(|n| &key[..n])
+}
+
+/// A request for a file of a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPath {
+    /// The token from the path, if the path had `/t/<TOKEN>`.
+    pub token: Option<Result<Token, MalformedToken>>,
+    /// The channel name.
+    pub channel: String,
+    /// The label; `None` is the channel root (`label/main`).
+    pub label: Option<String>,
+    /// The subdir (`noarch`, `linux-64`, …); `None` for `notices.json`.
+    pub subdir: Option<String>,
+    /// What is asked for.
+    pub file: FileKind,
+}
+
+impl ChannelPath {
+    /// The label as groups name it: the channel root is `main`.
+    pub fn label_name(&self) -> &str {
+        self.label.as_deref().unwrap_or("main")
+    }
+
+    /// The file's path relative to the channel's root at the upstream.
+    pub fn upstream_path(&self) -> String {
+        let mut p = String::with_capacity(64);
+        if let Some(l) = &self.label {
+            p.push_str("label/");
+            p.push_str(l);
+            p.push('/');
+        }
+        if let Some(s) = &self.subdir {
+            p.push_str(s);
+            p.push('/');
+        }
+        match &self.file {
+            FileKind::RepodataJson => p.push_str("repodata.json"),
+            FileKind::RepodataZst => p.push_str("repodata.json.zst"),
+            FileKind::RepodataBz2 => p.push_str("repodata.json.bz2"),
+            FileKind::CurrentRepodata => p.push_str("current_repodata.json"),
+            FileKind::ShardIndex => p.push_str("repodata_shards.msgpack.zst"),
+            FileKind::Shard(h) => {
+                p.push_str("shards/");
+                p.push_str(&hex::encode(h));
+                p.push_str(".msgpack.zst");
+            }
+            FileKind::Package(f) => p.push_str(f.filename()),
+            FileKind::Notices => p.push_str("notices.json"),
+        }
+        p
+    }
+}
+
+/// What a request path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A file of a channel.
+    Channel(ChannelPath),
+    /// The admin API; holds the decoded segments after `api`.
+    Api(Vec<String>),
+    /// Liveness.
+    Health,
+    /// Readiness.
+    Ready,
+    /// Prometheus metrics.
+    Metrics,
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes one segment and checks it can name nothing but itself.
+fn decode_segment(raw: &str) -> Result<String, RouteError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = bytes
+                .get(i + 1)
+                .copied()
+                .and_then(hex_val)
+                .ok_or(RouteError::BadPath)?;
+            let lo = bytes
+                .get(i + 2)
+                .copied()
+                .and_then(hex_val)
+                .ok_or(RouteError::BadPath)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let s = String::from_utf8(out).map_err(|_| RouteError::BadPath)?;
+    if s == "." || s == ".." || s.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
+        return Err(RouteError::BadPath);
+    }
+    if s.is_empty() || s.starts_with('.') || s.len() > 255 {
+        return Err(RouteError::NotServed);
+    }
+    Ok(s)
+}
+
+fn valid_subdir(s: &str) -> bool {
+    s.len() <= 64
+        && s.split('-').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+fn parse_shard_name(file: &str) -> Option<[u8; 32]> {
+    let hex_part = file.strip_suffix(".msgpack.zst")?;
+    let mut out = [0u8; 32];
+    // Only lower-case hex, as rattler writes it, so one shard has one URL.
+    if hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode_to_slice(hex_part, &mut out).ok()?;
+    Some(out)
+}
+
+fn file_kind(file: &str) -> Option<FileKind> {
+    Some(match file {
+        "repodata.json" => FileKind::RepodataJson,
+        "repodata.json.zst" => FileKind::RepodataZst,
+        "repodata.json.bz2" => FileKind::RepodataBz2,
+        "current_repodata.json" => FileKind::CurrentRepodata,
+        "repodata_shards.msgpack.zst" => FileKind::ShardIndex,
+        other => FileKind::Package(PackageFile::parse(other)?),
+    })
+}
+
+/// Parses a request path (without the query) below `base_path` (`""` or `/prefix`).
+pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
+    let rest = path.strip_prefix(base_path).ok_or(RouteError::NotServed)?;
+    let rest = rest.strip_prefix('/').ok_or(RouteError::NotServed)?;
+    let mut segs = Vec::with_capacity(8);
+    for raw in rest.split('/') {
+        segs.push(decode_segment(raw)?);
+    }
+    let seg = |i: usize| segs.get(i).map(String::as_str);
+    match (seg(0), segs.len()) {
+        (Some("healthz"), 1) => return Ok(Route::Health),
+        (Some("readyz"), 1) => return Ok(Route::Ready),
+        (Some("metrics"), 1) => return Ok(Route::Metrics),
+        (Some("api"), _) => return Ok(Route::Api(segs[1..].to_vec())),
+        _ => {}
+    }
+    let mut rest: &[String] = &segs;
+    let token = if rest.first().map(String::as_str) == Some("t") {
+        let t = rest.get(1).ok_or(RouteError::NotServed)?;
+        let parsed = Token::parse(t);
+        rest = &rest[2..];
+        Some(parsed)
+    } else {
+        None
+    };
+    let (channel, mut rest) = rest.split_first().ok_or(RouteError::NotServed)?;
+    if rest.len() == 1 && rest[0] == "notices.json" {
+        return Ok(Route::Channel(ChannelPath {
+            token,
+            channel: channel.clone(),
+            label: None,
+            subdir: None,
+            file: FileKind::Notices,
+        }));
+    }
+    let mut label = None;
+    if rest.first().map(String::as_str) == Some("label") {
+        let l = rest.get(1).ok_or(RouteError::NotServed)?;
+        label = (l != "main").then(|| l.clone());
+        rest = &rest[2..];
+    }
+    let file = match rest {
+        [subdir, file] if valid_subdir(subdir) => {
+            (subdir, file_kind(file).ok_or(RouteError::NotServed)?)
+        }
+        [subdir, shards, file] if valid_subdir(subdir) && shards == "shards" => (
+            subdir,
+            FileKind::Shard(parse_shard_name(file).ok_or(RouteError::NotServed)?),
+        ),
+        _ => return Err(RouteError::NotServed),
+    };
+    Ok(Route::Channel(ChannelPath {
+        token,
+        channel: channel.clone(),
+        label,
+        subdir: Some(file.0.clone()),
+        file: file.1,
+    }))
+}
+
+/// The path with any `/t/<TOKEN>` segment replaced by `/t/<redacted>`, for logs and spans. Works on raw, unparsed
+/// paths, so even a refused request is logged without its token.
+pub fn redact_path(path: &str, base_path: &str) -> String {
+    let (prefix, rest) = match path.strip_prefix(base_path) {
+        Some(rest) if !base_path.is_empty() => (base_path, rest),
+        _ => ("", path),
+    };
+    match rest.strip_prefix("/t/") {
+        Some(after) => {
+            let tail = after.find('/').map(|i| &after[i..]).unwrap_or("");
+            format!("{prefix}/t/<redacted>{tail}")
+        }
+        None => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chan(p: &str) -> ChannelPath {
+        match parse(p, "").unwrap() {
+            Route::Channel(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_label_and_subdir_are_found() {
+        let c = chan("/t/cg-abc/mychan/label/dev/noarch/repodata.json");
+        assert!(matches!(c.token, Some(Ok(_))));
+        assert_eq!(c.channel, "mychan");
+        assert_eq!(c.label.as_deref(), Some("dev"));
+        assert_eq!(c.subdir.as_deref(), Some("noarch"));
+        assert_eq!(c.file, FileKind::RepodataJson);
+        assert_eq!(c.upstream_path(), "label/dev/noarch/repodata.json");
+    }
+
+    #[test]
+    fn label_main_is_the_root() {
+        let c = chan("/mychan/label/main/linux-64/alpha-1.0-0.tar.bz2");
+        assert_eq!(c.label, None);
+        assert_eq!(c.upstream_path(), "linux-64/alpha-1.0-0.tar.bz2");
+    }
+
+    #[test]
+    fn package_names_may_hold_dashes() {
+        let p = PackageFile::parse("beta-utils-1.0-py_0.conda").unwrap();
+        assert_eq!(p.name(), "beta-utils");
+        assert!(p.is_conda());
+        assert_eq!(PackageFile::parse("x-1-0.tar.bz2").unwrap().name(), "x");
+        for bad in [
+            "nodash.conda",
+            "a-1.conda",
+            "-1-0.conda",
+            "a--0.conda",
+            "a-1-.conda",
+            "a-1-0.zip",
+            "a-1-0.tar.gz",
+        ] {
+            assert!(PackageFile::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(package_name_of_key("py-lib-2.0-h1_0"), Some("py-lib"));
+        assert_eq!(package_name_of_key("py-lib-2.0-h1_0.whl"), Some("py-lib"));
+    }
+
+    #[test]
+    fn shards_need_lowercase_hex() {
+        let h = "ab".repeat(32);
+        let c = chan(&format!("/c/noarch/shards/{h}.msgpack.zst"));
+        assert_eq!(c.file, FileKind::Shard([0xab; 32]));
+        assert!(parse(
+            &format!("/c/noarch/shards/{}.msgpack.zst", h.to_uppercase()),
+            ""
+        )
+        .is_err());
+        assert!(parse("/c/noarch/shards/abc.msgpack.zst", "").is_err());
+    }
+
+    #[test]
+    fn base_path_is_required_when_set() {
+        assert!(matches!(
+            parse("/conda/t/xx/c/noarch/repodata.json", "/conda"),
+            Ok(Route::Channel(_))
+        ));
+        assert_eq!(
+            parse("/t/xx/c/noarch/repodata.json", "/conda"),
+            Err(RouteError::NotServed)
+        );
+        assert_eq!(
+            parse("/condax/c/noarch/repodata.json", "/conda"),
+            Err(RouteError::NotServed)
+        );
+    }
+
+    #[test]
+    fn malformed_path_tokens_are_kept_as_malformed() {
+        let c = chan("/t/a/c/noarch/repodata.json");
+        assert_eq!(c.token, Some(Err(MalformedToken)));
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for p in [
+            "/c/noarch/../../etc/passwd",
+            "/c/noarch/%2e%2e/x.conda",
+            "/c/%2E%2E/noarch/repodata.json",
+            "/c/noarch%2frepodata.json",
+            "/c/noarch/a%5cb-1-0.conda",
+            "/c/noarch/a%00-1-0.conda",
+            "/c/noarch/%ff-1-0.conda",
+            "/c/noarch/%zz",
+            "/c/noarch/.hidden",
+            "/c/noarch/",
+            "/c//noarch/repodata.json",
+            "/c/noarch/repodata.json/",
+            "/c/noarch/index.html",
+            "/c/NOARCH/repodata.json",
+            "/c/.cache/noarch/repodata.json",
+            "/c",
+            "/",
+            "",
+        ] {
+            assert!(parse(p, "").is_err(), "{p} was accepted");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_the_token_only() {
+        assert_eq!(
+            redact_path("/t/cg-secret/c/noarch/x", ""),
+            "/t/<redacted>/c/noarch/x"
+        );
+        assert_eq!(
+            redact_path("/conda/t/cg-secret/c", "/conda"),
+            "/conda/t/<redacted>/c"
+        );
+        assert_eq!(redact_path("/t/cg-secret", ""), "/t/<redacted>");
+        assert_eq!(redact_path("/c/noarch/x", ""), "/c/noarch/x");
+    }
+}

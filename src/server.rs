@@ -1,0 +1,463 @@
+//! The listener, the connection loop, and the request handler that takes a request through the stages:
+//! route → credentials → authorize → view → upstream → respond.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, VARY};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::app::{App, Snapshot};
+use crate::body::{full, Body, BoxError};
+use crate::config::{Access, Config};
+use crate::error::{Blame, Error};
+use crate::policy::{Denied, Policy, View};
+use crate::route::{self, ChannelPath, FileKind, Route, RouteError};
+use crate::token::Token;
+
+/// What the access log line of a request says beyond the basics, filled in as the request goes through the stages.
+#[derive(Debug, Default)]
+struct Outcome {
+    channel: Option<String>,
+    package: Option<String>,
+    token_name: Option<String>,
+    user: Option<String>,
+    reason: Option<&'static str>,
+}
+
+/// Reads the token from the `Authorization` header: `Bearer <T>`, `token <T>`, or `Basic` with the token as the
+/// password (any user name).
+pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| Denied::Malformed)?;
+    let (scheme, rest) = value.trim().split_once(' ').ok_or(Denied::Malformed)?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
+        return Token::parse(rest).map(Some).map_err(|_| Denied::Malformed);
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| Denied::Malformed)?;
+        let text = std::str::from_utf8(&decoded).map_err(|_| Denied::Malformed)?;
+        let (_, password) = text.split_once(':').ok_or(Denied::Malformed)?;
+        return Token::parse(password)
+            .map(Some)
+            .map_err(|_| Denied::Malformed);
+    }
+    Err(Denied::Malformed)
+}
+
+fn cache_control(kind: &FileKind, access: Access, view: &View, max_age: u64) -> Option<String> {
+    let shared = access == Access::Public && matches!(view, View::Full);
+    let scope = if shared { "public" } else { "private" };
+    match kind {
+        FileKind::Shard(_) => Some(format!("{scope}, max-age=31536000, immutable")),
+        FileKind::Package(_) => Some(format!("{scope}, max-age=86400")),
+        k if k.is_repodata() => Some(format!("{scope}, max-age={max_age}")),
+        _ => None,
+    }
+}
+
+async fn channel_file(
+    app: &App,
+    snap: &Snapshot,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    path: ChannelPath,
+    out: &mut Outcome,
+) -> Result<Response<Body>, Error> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(Error::MethodNotAllowed("GET, HEAD"));
+    }
+    out.channel = Some(path.channel.clone());
+    if let FileKind::Package(p) = &path.file {
+        out.package = Some(p.name().to_owned());
+    }
+    let token = match &path.token {
+        Some(t) => Some(t.clone().map_err(|_| Denied::Malformed)?),
+        None => header_token(req.headers())?,
+    };
+    let record = match token {
+        None => None,
+        Some(t) => {
+            if let Some(retry_after) = app.throttle.blocked(peer.ip(), Instant::now()) {
+                return Err(Error::Throttled { retry_after });
+            }
+            let rec = snap.tokens.lookup(&t).cloned();
+            let checked = rec.ok_or(Denied::Unknown).and_then(|r| {
+                out.token_name = Some(r.name.clone());
+                out.user = Some(r.user.clone());
+                Policy::check_token(&r, OffsetDateTime::now_utc()).map(|()| r)
+            });
+            match checked {
+                Ok(r) => Some(r),
+                Err(d) => {
+                    if app.throttle.failure(peer.ip(), Instant::now()) {
+                        app.metrics.throttled();
+                        tracing::warn!(client = %peer.ip(), "too many failed token checks; cooling down");
+                    }
+                    return Err(d.into());
+                }
+            }
+        }
+    };
+    let view = snap
+        .policy
+        .authorize(&path.channel, path.label_name(), record.as_deref())?;
+    let channel = snap.config.channel(&path.channel).ok_or(Error::NotFound)?;
+    let from_header = path.token.is_none() && record.is_some();
+
+    let mut resp = match &path.file {
+        FileKind::Package(p) if !view.allows(p.name()) => return Err(Error::NotFound),
+        FileKind::Shard(hash) => {
+            if !app
+                .views
+                .shard_visible(&app.upstreams, channel, &path, &view, hash)
+                .await?
+            {
+                return Err(Error::NotFound);
+            }
+            None
+        }
+        k if k.is_repodata() => {
+            app.views
+                .serve(
+                    &app.upstreams,
+                    channel,
+                    &path,
+                    &view,
+                    req.method(),
+                    req.headers(),
+                )
+                .await?
+        }
+        _ => None,
+    };
+    if resp.is_none() {
+        resp = Some(
+            app.upstreams
+                .serve(
+                    &channel.source,
+                    &path.upstream_path(),
+                    req.method(),
+                    req.headers(),
+                )
+                .await?,
+        );
+    }
+    let mut resp = resp.ok_or_else(|| Error::Internal("no response".into()))?;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(path.file.content_type()),
+    );
+    let max_age = snap.config.server.repodata_max_age.as_secs();
+    if let Some(cc) = cache_control(&path.file, channel.access, &view, max_age) {
+        if let Ok(v) = HeaderValue::try_from(cc) {
+            h.insert(CACHE_CONTROL, v);
+        }
+    }
+    if from_header {
+        h.insert(VARY, HeaderValue::from_static("Authorization"));
+    }
+    Ok(resp)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn dispatch(
+    app: &App,
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    out: &mut Outcome,
+) -> Result<Response<Body>, Error> {
+    let route =
+        route::parse(req.uri().path(), &snap.config.server.base_path).map_err(|e| match e {
+            RouteError::BadPath => Error::BadPath,
+            RouteError::NotServed => Error::NotFound,
+        })?;
+    match route {
+        Route::Channel(path) => channel_file(app, snap, &req, peer, path, out).await,
+        Route::Health => {
+            let (status, body) = match app.reload_error() {
+                None => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+                Some(e) => (
+                    StatusCode::OK,
+                    serde_json::json!({"status": "degraded", "last_reload_error": e}),
+                ),
+            };
+            Ok(text(status, "application/json", body.to_string()))
+        }
+        Route::Ready => match app.reload_error() {
+            None => Ok(text(
+                StatusCode::OK,
+                "application/json",
+                "{\"status\":\"ready\"}".into(),
+            )),
+            Some(_) => Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                "{\"status\":\"reload failed\"}".into(),
+            )),
+        },
+        Route::Metrics => {
+            let body = app.metrics.render(
+                app.views.hits(),
+                app.views.misses(),
+                app.views.bytes(),
+                app.throttle.blocked_count(Instant::now()),
+            );
+            Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
+        }
+        // The admin API is not built yet: it is "not found" like any other unknown path.
+        Route::Api(_) => Err(Error::NotFound),
+    }
+}
+
+/// Handles one request: everything that can go wrong becomes a status and a problem+json body, never a dropped
+/// connection; one access log line is written when the response body ends (or is abandoned).
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let snap = app.snapshot();
+    let path = route::redact_path(req.uri().path(), &snap.config.server.base_path);
+    let span = tracing::info_span!("request", method = %req.method(), %path, client = %peer.ip());
+    let mut out = Outcome::default();
+    let result = dispatch(&app, &snap, req, peer, &mut out)
+        .instrument(span.clone())
+        .await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            out.reason = Some(e.reason());
+            match e.blame() {
+                Blame::Client => app.metrics.refusal(e.reason()),
+                Blame::Upstream => {
+                    app.metrics.upstream_error();
+                    span.in_scope(|| tracing::warn!(error = %e, "upstream failure"));
+                }
+                Blame::Proxy => span.in_scope(|| tracing::error!(error = %e, "internal error")),
+            }
+            e.into_response()
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let log = AccessLog {
+        app: Arc::clone(&app),
+        span,
+        status: parts.status,
+        outcome: out,
+        started,
+        bytes: 0,
+        finished: false,
+    };
+    Response::from_parts(parts, Metered { inner: body, log }.boxed())
+}
+
+/// Writes the access log line and the metrics of a request when its body is done or dropped.
+struct AccessLog {
+    app: Arc<App>,
+    span: tracing::Span,
+    status: StatusCode,
+    outcome: Outcome,
+    started: Instant,
+    bytes: u64,
+    finished: bool,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        self.app
+            .metrics
+            .response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
+        let o = &self.outcome;
+        self.span.in_scope(|| {
+            tracing::info!(
+                target: "condagate::access",
+                status = self.status.as_u16(),
+                bytes = self.bytes,
+                complete = self.finished,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                channel = o.channel.as_deref(),
+                package = o.package.as_deref(),
+                token_name = o.token_name.as_deref(),
+                user = o.user.as_deref(),
+                reason = o.reason,
+                "access"
+            )
+        });
+    }
+}
+
+/// A body that counts what it sends, for the access log.
+struct Metered {
+    inner: Body,
+    log: AccessLog,
+}
+
+impl HttpBody for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.log.bytes += d.len() as u64;
+                }
+                // hyper stops polling once the body says it has ended, so "finished" is noted here too.
+                if self.inner.is_end_stream() {
+                    self.log.finished = true;
+                }
+            }
+            Poll::Ready(None) => self.log.finished = true,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A running condagate: its shared state, ready to serve on a listener.
+pub struct Server {
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Builds the state from a checked configuration.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        Ok(Server {
+            app: Arc::new(App::new(config)?),
+        })
+    }
+
+    /// The shared state, for reloads and inspection.
+    pub fn app(&self) -> Arc<App> {
+        Arc::clone(&self.app)
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves, then stops accepting and gives in-flight
+    /// requests up to `server.shutdown_grace` to finish.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let app = self.app;
+        let cfg = app.snapshot().config.clone();
+        let watcher = tokio::spawn(watch_tokens(Arc::clone(&app), cfg.tokens_watch_interval));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.server.header_read_timeout)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(cfg.server.max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                p = Arc::clone(&slots).acquire_owned() => p?,
+            };
+            let (stream, peer) = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let app = Arc::clone(&app);
+            let service = service_fn(move |req| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        watcher.abort();
+        tracing::info!("draining connections");
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(cfg.server.shutdown_grace) => tracing::warn!("grace period over; closing the rest"),
+        }
+        Ok(())
+    }
+}
+
+/// Polls the tokens file and reloads it when it changes.
+async fn watch_tokens(app: Arc<App>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let app2 = Arc::clone(&app);
+        let _ = tokio::task::spawn_blocking(move || app2.reload_tokens_if_changed()).await;
+    }
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves. The one entry point `main` and the tests share.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Server::new(config)?.run(listener, shutdown).await
+}

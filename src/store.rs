@@ -1,0 +1,388 @@
+//! The tokens file: digests and metadata only, read into a lookup table, written atomically under a lock.
+//!
+//! Format (TOML), one `[[token]]` table per token:
+//! ```toml
+//! [[token]]
+//! name = "ci"
+//! user = "bob"
+//! digest = "sha256:…"
+//! scopes = ["conda:download"]
+//! created = "2026-11-29T14:00:00Z"
+//! expires = "2027-11-29T14:00:00Z"   # absent: never
+//! revoked = "2026-12-01T09:00:00Z"   # absent: not revoked
+//! channels = ["mychan"]              # absent: every channel the user may read
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fs4::fs_std::FileExt;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::token::{Digest, Scope, Token, TokenRecord};
+
+/// A failure reading or writing the tokens file. The message names the file and, where it can, the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape, or a value in it is invalid.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Which key, and what is wrong with it.
+        message: String,
+    },
+    /// An operation was refused (duplicate name, unknown token, ...).
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default, rename = "token")]
+    tokens: Vec<RawRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    name: String,
+    user: String,
+    digest: String,
+    scopes: Vec<String>,
+    created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    channels: Option<Vec<String>>,
+}
+
+/// Hashes a [`Digest`] by its first eight bytes: they are already uniformly random, so running SipHash over them again
+/// would only cost time on every request.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(buf);
+        }
+    }
+}
+
+/// The in-memory token table the request path consults.
+#[derive(Debug, Default)]
+pub struct TokenTable {
+    by_digest: HashMap<Digest, Arc<TokenRecord>, BuildHasherDefault<DigestHasher>>,
+    records: Vec<Arc<TokenRecord>>,
+}
+
+impl TokenTable {
+    /// Builds the table from records.
+    pub fn new(records: Vec<TokenRecord>) -> Self {
+        let records: Vec<Arc<TokenRecord>> = records.into_iter().map(Arc::new).collect();
+        let mut by_digest = HashMap::with_capacity_and_hasher(records.len(), Default::default());
+        for r in &records {
+            by_digest.insert(r.digest, Arc::clone(r));
+        }
+        TokenTable { by_digest, records }
+    }
+
+    /// The record for a presented token, if any.
+    pub fn lookup(&self, token: &Token) -> Option<&Arc<TokenRecord>> {
+        self.by_digest.get(&token.digest())
+    }
+
+    /// The record stored under a digest, if any.
+    pub fn by_digest(&self, digest: &Digest) -> Option<&Arc<TokenRecord>> {
+        self.by_digest.get(digest)
+    }
+
+    /// Every record, in file order.
+    pub fn records(&self) -> &[Arc<TokenRecord>] {
+        &self.records
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+fn parse_time(path: &Path, key: &str, value: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(value, &Rfc3339).map_err(|e| StoreError::Invalid {
+        path: path.to_owned(),
+        message: format!("{key}: {value:?} is not an RFC 3339 time ({e})"),
+    })
+}
+
+/// Formats a time the way the tokens file and the CLI show it.
+pub fn format_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+fn from_raw(path: &Path, index: usize, raw: RawRecord) -> Result<TokenRecord, StoreError> {
+    let key = |field: &str| format!("token[{index}].{field}");
+    let invalid = |message: String| StoreError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let digest = raw
+        .digest
+        .parse::<Digest>()
+        .map_err(|e| invalid(format!("{}: {e}", key("digest"))))?;
+    let scopes = raw
+        .scopes
+        .iter()
+        .map(|s| {
+            s.parse::<Scope>()
+                .map_err(|e| invalid(format!("{}: {e}", key("scopes"))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TokenRecord {
+        name: raw.name,
+        user: raw.user,
+        digest,
+        scopes,
+        created: parse_time(path, &key("created"), &raw.created)?,
+        expires: raw
+            .expires
+            .as_deref()
+            .map(|v| parse_time(path, &key("expires"), v))
+            .transpose()?,
+        revoked: raw
+            .revoked
+            .as_deref()
+            .map(|v| parse_time(path, &key("revoked"), v))
+            .transpose()?,
+        channels: raw.channels,
+    })
+}
+
+fn to_raw(r: &TokenRecord) -> RawRecord {
+    RawRecord {
+        name: r.name.clone(),
+        user: r.user.clone(),
+        digest: r.digest.to_stored(),
+        scopes: r.scopes.iter().map(|s| s.name().to_owned()).collect(),
+        created: format_time(r.created),
+        expires: r.expires.map(format_time),
+        revoked: r.revoked.map(format_time),
+        channels: r.channels.clone(),
+    }
+}
+
+/// Reads the tokens file. A missing file is an empty table; an invalid one is an error naming the key at fault.
+pub fn load(path: &Path) -> Result<Vec<TokenRecord>, StoreError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    parse(path, &text)
+}
+
+fn parse(path: &Path, text: &str) -> Result<Vec<TokenRecord>, StoreError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| StoreError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut seen = HashMap::new();
+    let mut out = Vec::with_capacity(raw.tokens.len());
+    for (i, r) in raw.tokens.into_iter().enumerate() {
+        let rec = from_raw(path, i, r)?;
+        if let Some(prev) = seen.insert(rec.digest, i) {
+            return Err(StoreError::Invalid {
+                path: path.to_owned(),
+                message: format!("token[{i}].digest: the same digest as token[{prev}]"),
+            });
+        }
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+fn render(records: &[TokenRecord]) -> Result<String, StoreError> {
+    let raw = RawFile {
+        tokens: records.iter().map(to_raw).collect(),
+    };
+    let body = toml::to_string_pretty(&raw).map_err(|e| StoreError::Refused(e.to_string()))?;
+    Ok(format!(
+        "# condagate tokens. Only SHA-256 digests of the secrets are stored here.\n\n{body}"
+    ))
+}
+
+/// Runs `change` on the file's records under an exclusive lock and writes the result back atomically (temporary
+/// file, fsync, rename, fsync of the folder). Concurrent writers, in this process or another, queue on the lock, so
+/// none loses another's change. If `change` fails, the file is left untouched.
+pub fn update<T>(
+    path: &Path,
+    change: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io)?;
+    let lock_path = lock_path(path);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io)?;
+    lock.lock_exclusive().map_err(io)?;
+
+    let mut records = load(path)?;
+    let out = change(&mut records)?;
+    let text = render(&records)?;
+
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    let result = write().map_err(io);
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    // The lock is released when `lock` drops.
+    drop(lock);
+    result.map(|()| out)
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// Whether `name` is acceptable as a token name: non-empty, printable, no control characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.len() <= 200 && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, secret: &str) -> TokenRecord {
+        TokenRecord {
+            name: name.into(),
+            user: "bob".into(),
+            digest: Token::parse(secret).unwrap().digest(),
+            scopes: vec![Scope::CondaDownload],
+            created: OffsetDateTime::UNIX_EPOCH,
+            expires: None,
+            revoked: None,
+            channels: Some(vec!["mychan".into()]),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_the_file_holds_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        update(&path, |r| {
+            r.push(record("ci", "cg-secretvalue1"));
+            Ok(())
+        })
+        .unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("secretvalue1"));
+        let back = load(&path).unwrap();
+        assert_eq!(back, vec![record("ci", "cg-secretvalue1")]);
+        let table = TokenTable::new(back);
+        assert!(table
+            .lookup(&Token::parse("cg-secretvalue1").unwrap())
+            .is_some());
+        assert!(table
+            .lookup(&Token::parse("cg-secretvalue2").unwrap())
+            .is_none());
+    }
+
+    #[test]
+    fn a_bad_file_names_the_key() {
+        let p = Path::new("t.toml");
+        let err = parse(
+            p,
+            "[[token]]\nname='a'\nuser='b'\ndigest='sha256:00'\nscopes=[]\ncreated='x'\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("token[0].digest"), "{err}");
+        let d = record("a", "cg-zz").digest.to_stored();
+        let text = format!("[[token]]\nname='a'\nuser='b'\ndigest='{d}'\nscopes=['bogus']\ncreated='2020-01-01T00:00:00Z'\n");
+        assert!(parse(p, &text)
+            .unwrap_err()
+            .to_string()
+            .contains("token[0].scopes"));
+        let text = format!(
+            "[[token]]\nname='a'\nuser='b'\ndigest='{d}'\nscopes=[]\ncreated='yesterday'\n"
+        );
+        assert!(parse(p, &text)
+            .unwrap_err()
+            .to_string()
+            .contains("token[0].created"));
+    }
+
+    #[test]
+    fn a_failed_change_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        update(&path, |r| {
+            r.push(record("a", "cg-aaaa"));
+            Ok(())
+        })
+        .unwrap();
+        let before = fs::read(&path).unwrap();
+        let err = update(&path, |r| -> Result<(), _> {
+            r.clear();
+            Err(StoreError::Refused("no".into()))
+        });
+        assert!(err.is_err());
+        assert_eq!(fs::read(&path).unwrap(), before);
+    }
+}

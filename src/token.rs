@@ -1,0 +1,393 @@
+//! Tokens: the secret type, its digest, scopes and the records kept about them.
+//!
+//! A [`Token`] is the secret a client presents. It cannot be printed: `Debug` and `Display` both redact it, and the
+//! only way to read it back is [`Token::reveal`], which the CLI calls exactly once, when the token is created.
+//! Everything condagate stores or compares is the SHA-256 [`Digest`] of the token, so a lookup is a hash-map probe on
+//! 32 uniformly random bytes: its cost does not depend on how much of a guessed token matches a real one.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+
+/// The prefix of every token condagate issues, so that secret scanners can recognise them.
+pub const TOKEN_PREFIX: &str = "cg-";
+
+/// Shortest and longest token string accepted from a client. libmamba needs at least two characters; the upper bound
+/// only keeps hostile input from being hashed at length.
+const MIN_LEN: usize = 2;
+const MAX_LEN: usize = 256;
+
+/// A secret token as presented by a client or freshly generated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+/// Why a presented credential is not even shaped like a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the token is malformed (expected 2 to 256 characters of A-Z, a-z, 0-9 and '-')")]
+pub struct MalformedToken;
+
+impl Token {
+    /// Accepts a client-supplied token if it uses only the characters conda's URL handling keeps (`[A-Za-z0-9-]`).
+    pub fn parse(s: &str) -> Result<Self, MalformedToken> {
+        let ok_len = (MIN_LEN..=MAX_LEN).contains(&s.len());
+        if ok_len && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            Ok(Token(s.to_owned()))
+        } else {
+            Err(MalformedToken)
+        }
+    }
+
+    /// A new token: the fixed prefix and 160 bits from the operating system's CSPRNG, in base 62.
+    pub fn generate() -> Self {
+        let mut raw = [0u8; 20];
+        getrandom::fill(&mut raw).expect("the operating system's random number generator failed");
+        Token(format!("{TOKEN_PREFIX}{}", base62(&raw)))
+    }
+
+    /// The digest under which this token is stored and looked up.
+    pub fn digest(&self) -> Digest {
+        Digest(Sha256::digest(self.0.as_bytes()).into())
+    }
+
+    /// The secret itself. Call only to show a freshly created token to its owner, once.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Big-endian base 62 of `bytes`, fixed width for a fixed input length.
+fn base62(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    // ceil(len * 8 / log2(62)) digits always suffice.
+    let width = (bytes.len() * 8 * 1000).div_ceil(5954);
+    let mut digits = vec![0u8; width];
+    for &byte in bytes {
+        let mut carry = u32::from(byte);
+        for d in digits.iter_mut().rev() {
+            let v = u32::from(*d) * 256 + carry;
+            *d = (v % 62) as u8;
+            carry = v / 62;
+        }
+    }
+    digits
+        .iter()
+        .map(|&d| ALPHABET[d as usize] as char)
+        .collect()
+}
+
+/// SHA-256 of a token. The only form in which tokens are stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The stored form: `sha256:<64 hex>`.
+    pub fn to_stored(&self) -> String {
+        format!("sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl FromStr for Digest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex_part = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("{s:?} does not start with \"sha256:\""))?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut out)
+            .map_err(|_| format!("{s:?} is not \"sha256:\" followed by 64 hex digits"))?;
+        Ok(Digest(out))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A digest is not secret, but a short form is all a log needs.
+        write!(f, "sha256:{}…", hex::encode(&self.0[..4]))
+    }
+}
+
+/// What a token may be used for. The names are anaconda.org's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Everything.
+    All,
+    /// All package repositories.
+    Repos,
+    /// Conda repositories (download).
+    Conda,
+    /// Download conda packages.
+    CondaDownload,
+    /// The whole admin API.
+    Api,
+    /// Read the admin API.
+    ApiRead,
+    /// Create and revoke tokens through the admin API.
+    ApiWrite,
+    /// Change groups through the admin API.
+    ApiModifyGroup,
+    /// PyPI repositories (not served by condagate; accepted for compatibility).
+    Pypi,
+    /// Download from PyPI repositories (not served by condagate).
+    PypiDownload,
+}
+
+impl Scope {
+    /// Every scope with its name and a description, in the order `anaconda auth --list-scopes` shows them.
+    pub const ALL: [(Scope, &'static str, &'static str); 10] = [
+        (
+            Scope::All,
+            "all",
+            "Everything: downloads and the whole admin API",
+        ),
+        (
+            Scope::Repos,
+            "repos",
+            "Download from every package repository",
+        ),
+        (Scope::Conda, "conda", "Download conda packages"),
+        (
+            Scope::CondaDownload,
+            "conda:download",
+            "Download conda packages",
+        ),
+        (
+            Scope::Api,
+            "api",
+            "The whole admin API (read, write, modify-group)",
+        ),
+        (
+            Scope::ApiRead,
+            "api:read",
+            "Read tokens, channels and groups through the admin API",
+        ),
+        (
+            Scope::ApiWrite,
+            "api:write",
+            "Create and revoke tokens through the admin API",
+        ),
+        (
+            Scope::ApiModifyGroup,
+            "api:modify-group",
+            "Change group members and packages",
+        ),
+        (
+            Scope::Pypi,
+            "pypi",
+            "PyPI repositories (not served by condagate)",
+        ),
+        (
+            Scope::PypiDownload,
+            "pypi:download",
+            "PyPI downloads (not served by condagate)",
+        ),
+    ];
+
+    /// The scope's name as written in token files and on the command line.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(s, _, _)| *s == self)
+            .map(|(_, n, _)| *n)
+            .unwrap_or("?")
+    }
+
+    /// Whether this scope allows downloading conda packages and repodata.
+    pub fn allows_download(self) -> bool {
+        matches!(
+            self,
+            Scope::All | Scope::Repos | Scope::Conda | Scope::CondaDownload
+        )
+    }
+
+    /// Whether this scope grants `wanted` on the admin API.
+    pub fn grants_api(self, wanted: Scope) -> bool {
+        self == wanted || matches!(self, Scope::All | Scope::Api)
+    }
+
+    /// The valid scope names, for error messages.
+    pub fn valid_names() -> String {
+        Self::ALL
+            .iter()
+            .map(|(_, n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .find(|(_, n, _)| *n == s)
+            .map(|(scope, _, _)| *scope)
+            .ok_or_else(|| {
+                format!(
+                    "unknown scope {s:?} (valid scopes: {})",
+                    Self::valid_names()
+                )
+            })
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What condagate knows about one token: everything but the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Name given at creation, unique per user.
+    pub name: String,
+    /// The user the token acts for.
+    pub user: String,
+    /// SHA-256 of the secret.
+    pub digest: Digest,
+    /// What the token may do.
+    pub scopes: Vec<Scope>,
+    /// When it was created.
+    pub created: OffsetDateTime,
+    /// When it stops working; `None` for never.
+    pub expires: Option<OffsetDateTime>,
+    /// When it was revoked, if it was.
+    pub revoked: Option<OffsetDateTime>,
+    /// Channels it is limited to; `None` for all its user can reach.
+    pub channels: Option<Vec<String>>,
+}
+
+/// A record's state at some moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    /// Usable.
+    Active,
+    /// Past its expiry time.
+    Expired(OffsetDateTime),
+    /// Revoked.
+    Revoked,
+}
+
+impl TokenRecord {
+    /// The record's status at `now`.
+    pub fn status(&self, now: OffsetDateTime) -> TokenStatus {
+        if self.revoked.is_some() {
+            TokenStatus::Revoked
+        } else if let Some(at) = self.expires.filter(|at| *at <= now) {
+            TokenStatus::Expired(at)
+        } else {
+            TokenStatus::Active
+        }
+    }
+
+    /// Whether any of the token's scopes allows downloads.
+    pub fn can_download(&self) -> bool {
+        self.scopes.iter().any(|s| s.allows_download())
+    }
+
+    /// Whether the token may use the admin API for `wanted` (one of the `api:*` scopes).
+    pub fn can_api(&self, wanted: Scope) -> bool {
+        self.scopes.iter().any(|s| s.grants_api(wanted))
+    }
+
+    /// Whether the token's own channel list lets it reach `channel`.
+    pub fn reaches_channel(&self, channel: &str) -> bool {
+        self.channels
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|c| c == channel))
+    }
+}
+
+impl fmt::Display for TokenStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenStatus::Active => f.write_str("active"),
+            TokenStatus::Expired(_) => f.write_str("expired"),
+            TokenStatus::Revoked => f.write_str("revoked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_never_prints_itself() {
+        let t = Token::parse("cg-SuperSecret123").unwrap();
+        assert_eq!(format!("{t}"), "<redacted>");
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+        assert!(!format!("{:?}", Some(&t)).contains("SuperSecret"));
+    }
+
+    #[test]
+    fn generated_tokens_have_the_prefix_the_alphabet_and_enough_entropy() {
+        let a = Token::generate();
+        let b = Token::generate();
+        assert_ne!(a, b);
+        let s = a.reveal();
+        assert!(s.starts_with(TOKEN_PREFIX));
+        // 160 bits need 27 base-62 digits.
+        assert_eq!(s.len(), TOKEN_PREFIX.len() + 27);
+        assert!(Token::parse(s).is_ok());
+    }
+
+    #[test]
+    fn base62_is_positional() {
+        assert_eq!(base62(&[0]), "00");
+        assert_eq!(base62(&[61]), "0z");
+        assert_eq!(base62(&[62]), "10");
+        assert_eq!(base62(&[255]), "47");
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        for bad in [
+            "",
+            "a",
+            "has space",
+            "slash/y",
+            "dot.dot",
+            "ünï",
+            &"x".repeat(257),
+        ] {
+            assert_eq!(Token::parse(bad), Err(MalformedToken), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn digests_round_trip_through_their_stored_form() {
+        let d = Token::parse("cg-abc").unwrap().digest();
+        assert_eq!(d.to_stored().parse::<Digest>().unwrap(), d);
+        assert!("md5:00".parse::<Digest>().is_err());
+        assert!("sha256:zz".parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn scopes_parse_and_gate() {
+        assert_eq!("conda:download".parse::<Scope>(), Ok(Scope::CondaDownload));
+        let err = "conda:upload".parse::<Scope>().unwrap_err();
+        assert!(err.contains("valid scopes: all, repos"), "{err}");
+        assert!(Scope::Repos.allows_download());
+        assert!(!Scope::Api.allows_download());
+        assert!(!Scope::Pypi.allows_download());
+        assert!(Scope::Api.grants_api(Scope::ApiWrite));
+        assert!(Scope::All.grants_api(Scope::ApiModifyGroup));
+        assert!(!Scope::ApiRead.grants_api(Scope::ApiWrite));
+        assert!(!Scope::Conda.grants_api(Scope::ApiRead));
+    }
+}

@@ -1,0 +1,356 @@
+//! Stage 4: fetch a file from the channel's upstream and stream it, never holding a package whole.
+//!
+//! Two kinds of upstream share one interface: a local folder (read in large chunks, validators from the file's
+//! metadata, ranges and conditional requests answered here) and an HTTP(S) mirror (one pooled keep-alive client;
+//! validators, ranges and conditionals are forwarded and the answer relayed). Nothing from the client's request goes
+//! upstream but the validator and range headers: no token, no `Authorization`, no hop-by-hop headers.
+
+use std::io::SeekFrom;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    LAST_MODIFIED, RANGE, USER_AGENT,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::body::{empty, Body, BoxError};
+use crate::conditional::{self, RangeAsk};
+use crate::config::{Source, UpstreamTimeouts};
+use crate::error::Error;
+
+/// Chunk size for reading local files: large enough that a 24 MB package is ~100 reads.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Largest repodata document condagate will load to filter (conda-forge's largest subdir is well below this).
+pub const MAX_DOCUMENT: u64 = 4 << 30;
+
+const UA: &str = concat!("condagate/", env!("CARGO_PKG_VERSION"));
+
+/// A whole upstream document (repodata, shard index) with its validator.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// Identifies this version of the document: the upstream ETag, or its Last-Modified, or mtime and size.
+    pub validator: String,
+    /// When the upstream says it last changed.
+    pub modified: Option<SystemTime>,
+}
+
+/// The result of asking for a document again.
+#[derive(Debug)]
+pub enum Refetch {
+    /// The copy held is still current.
+    Unchanged,
+    /// A new version.
+    Changed(Document),
+}
+
+/// The upstream side: the pooled HTTP client and its timeouts.
+#[derive(Clone)]
+pub struct Upstreams {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    timeouts: UpstreamTimeouts,
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        NotFound | NotADirectory | IsADirectory | PermissionDenied => Error::NotFound,
+        _ => Error::Internal(format!("reading the local upstream: {e}")),
+    }
+}
+
+fn file_etag(modified: Option<SystemTime>, len: u64) -> String {
+    let nanos = modified
+        .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("\"{nanos:x}-{len:x}\"")
+}
+
+fn header(v: impl TryInto<HeaderValue>) -> Option<HeaderValue> {
+    v.try_into().ok()
+}
+
+impl Upstreams {
+    /// A client with the given timeouts, trusting the webpki roots for https upstreams.
+    pub fn new(timeouts: UpstreamTimeouts) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeouts.connect));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Upstreams { client, timeouts }
+    }
+
+    /// Serves `rel` (a path checked by the router) of `source` as the answer to a GET or HEAD with `headers`.
+    /// The response carries status, length, validators and range headers; the caller adds type and caching.
+    pub async fn serve(
+        &self,
+        source: &Source,
+        rel: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Response<Body>, Error> {
+        match source {
+            Source::Dir(root) => serve_file(&root.join(rel), method, headers).await,
+            Source::Http {
+                base,
+                headers: extra,
+            } => self.serve_http(base, extra, rel, method, headers).await,
+        }
+    }
+
+    async fn send(
+        &self,
+        base: &str,
+        extra: &[(http::HeaderName, HeaderValue)],
+        rel: &str,
+        method: Method,
+        forward: impl Iterator<Item = (http::HeaderName, HeaderValue)>,
+    ) -> Result<Response<hyper::body::Incoming>, Error> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{base}/{rel}"))
+            .body(Empty::new())
+            .map_err(|e| Error::Internal(format!("building the upstream request: {e}")))?;
+        let h = req.headers_mut();
+        h.insert(USER_AGENT, HeaderValue::from_static(UA));
+        for (k, v) in extra {
+            h.insert(k.clone(), v.clone());
+        }
+        for (k, v) in forward {
+            h.insert(k, v);
+        }
+        match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
+            Err(_) => Err(Error::UpstreamTimeout),
+            Ok(Err(e)) => {
+                let why = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                Err(Error::Upstream(format!("{base}/{rel}: {why}")))
+            }
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    async fn serve_http(
+        &self,
+        base: &str,
+        extra: &[(http::HeaderName, HeaderValue)],
+        rel: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Response<Body>, Error> {
+        let forward = [RANGE, IF_RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE]
+            .into_iter()
+            .filter_map(|k| headers.get(&k).map(|v| (k, v.clone())));
+        let resp = self.send(base, extra, rel, method.clone(), forward).await?;
+        let status = resp.status();
+        match status {
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => {}
+            StatusCode::NOT_FOUND | StatusCode::GONE => return Err(Error::NotFound),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let size = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes */"))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                return Err(Error::RangeNotSatisfiable { size });
+            }
+            other => return Err(Error::Upstream(format!("{base}/{rel}: status {other}"))),
+        }
+        let (parts, incoming) = resp.into_parts();
+        let mut out = Response::new(
+            if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+                empty()
+            } else {
+                // An upstream that stops mid-body makes this body fail, and hyper then aborts the client's transfer
+                // instead of ending it: a short file never looks complete.
+                incoming.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+            },
+        );
+        *out.status_mut() = status;
+        let h = out.headers_mut();
+        for k in [
+            CONTENT_LENGTH,
+            CONTENT_RANGE,
+            ETAG,
+            LAST_MODIFIED,
+            ACCEPT_RANGES,
+        ] {
+            if let Some(v) = parts.headers.get(&k) {
+                h.insert(k, v.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches a whole document, or says the held copy (with validator `held`) is still current.
+    pub async fn refetch(
+        &self,
+        source: &Source,
+        rel: &str,
+        held: Option<&str>,
+    ) -> Result<Refetch, Error> {
+        match source {
+            Source::Dir(root) => {
+                let path = root.join(rel);
+                let meta = tokio::fs::metadata(&path).await.map_err(io_error)?;
+                if !meta.is_file() {
+                    return Err(Error::NotFound);
+                }
+                let modified = meta.modified().ok();
+                let validator = file_etag(modified, meta.len());
+                if held == Some(validator.as_str()) {
+                    return Ok(Refetch::Unchanged);
+                }
+                if meta.len() > MAX_DOCUMENT {
+                    return Err(Error::Upstream(format!(
+                        "{rel} is larger than {MAX_DOCUMENT} bytes"
+                    )));
+                }
+                let bytes = tokio::fs::read(&path).await.map_err(io_error)?;
+                // The file may have changed between the two calls; a validator from the bytes' own length keeps a
+                // torn pair from being cached under the new name.
+                let validator = file_etag(modified, bytes.len() as u64);
+                Ok(Refetch::Changed(Document {
+                    bytes: bytes.into(),
+                    validator,
+                    modified,
+                }))
+            }
+            Source::Http {
+                base,
+                headers: extra,
+            } => {
+                let forward = held
+                    .filter(|v| v.starts_with('"') || v.starts_with("W/"))
+                    .and_then(|v| HeaderValue::from_str(v).ok())
+                    .map(|v| (IF_NONE_MATCH, v))
+                    .into_iter()
+                    .chain(
+                        held.filter(|v| !v.starts_with('"') && !v.starts_with("W/"))
+                            .and_then(|v| HeaderValue::from_str(v).ok())
+                            .map(|v| (IF_MODIFIED_SINCE, v)),
+                    );
+                let resp = self.send(base, extra, rel, Method::GET, forward).await?;
+                match resp.status() {
+                    StatusCode::NOT_MODIFIED if held.is_some() => return Ok(Refetch::Unchanged),
+                    StatusCode::OK => {}
+                    StatusCode::NOT_FOUND | StatusCode::GONE => return Err(Error::NotFound),
+                    other => return Err(Error::Upstream(format!("{base}/{rel}: status {other}"))),
+                }
+                let h = resp.headers();
+                let modified = h
+                    .get(LAST_MODIFIED)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| httpdate::parse_http_date(v).ok());
+                let validator = h
+                    .get(ETAG)
+                    .or_else(|| h.get(LAST_MODIFIED))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .unwrap_or_default();
+                let limited = http_body_util::Limited::new(resp.into_body(), MAX_DOCUMENT as usize);
+                let bytes = limited
+                    .collect()
+                    .await
+                    .map_err(|e| Error::Upstream(format!("{base}/{rel}: {e}")))?
+                    .to_bytes();
+                // Without a validator the document is identified by its content.
+                let validator = if validator.is_empty() {
+                    content_validator(&bytes)
+                } else {
+                    validator
+                };
+                Ok(Refetch::Changed(Document {
+                    bytes,
+                    validator,
+                    modified,
+                }))
+            }
+        }
+    }
+}
+
+fn content_validator(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("\"sha256-{}\"", hex::encode(&Sha256::digest(bytes)[..16]))
+}
+
+/// Serves a local file: validators, 304, ranges, HEAD, and a streamed body read in large chunks.
+async fn serve_file(
+    path: &Path,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, Error> {
+    let mut file = tokio::fs::File::open(path).await.map_err(io_error)?;
+    let meta = file.metadata().await.map_err(io_error)?;
+    if !meta.is_file() {
+        return Err(Error::NotFound);
+    }
+    let len = meta.len();
+    let modified = meta.modified().ok();
+    let etag = file_etag(modified, len);
+    let mut resp = Response::new(empty());
+    let h = resp.headers_mut();
+    if let Some(v) = header(etag.as_str()) {
+        h.insert(ETAG, v);
+    }
+    if let Some(v) = modified.and_then(|m| header(httpdate::fmt_http_date(m))) {
+        h.insert(LAST_MODIFIED, v);
+    }
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if conditional::not_modified(headers, &etag, modified) {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        return Ok(resp);
+    }
+    let (start, count) = match conditional::range(headers, len, &etag, modified) {
+        RangeAsk::Whole => (0, len),
+        RangeAsk::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size: len }),
+        RangeAsk::Part { start, end } => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Some(v) = header(format!("bytes {start}-{end}/{len}")) {
+                resp.headers_mut().insert(CONTENT_RANGE, v);
+            }
+            (start, end - start + 1)
+        }
+    };
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(count));
+    if method == Method::HEAD {
+        return Ok(resp);
+    }
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await.map_err(io_error)?;
+    }
+    let stream = ReaderStream::with_capacity(file.take(count), READ_CHUNK)
+        .map_ok(Frame::data)
+        .map_err(|e| -> BoxError { Box::new(e) });
+    *resp.body_mut() = StreamBody::new(stream).boxed();
+    Ok(resp)
+}
