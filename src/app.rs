@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::store::{self, TokenTable};
 use crate::throttle::Throttle;
+use crate::tls::CertStore;
 use crate::upstream::Upstreams;
 use crate::view::Views;
 
@@ -31,9 +32,7 @@ pub struct Snapshot {
 type FileStamp = Option<(SystemTime, u64)>;
 
 fn stamp(path: &std::path::Path) -> FileStamp {
-    std::fs::metadata(path)
-        .ok()
-        .and_then(|m| Some((m.modified().ok()?, m.len())))
+    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
 /// Everything a running server shares between connections.
@@ -47,28 +46,34 @@ pub struct App {
     pub metrics: Metrics,
     /// Failed token checks per client address.
     pub throttle: Throttle,
+    /// The TLS certificate in use, when TLS is on.
+    pub tls: Option<Arc<CertStore>>,
     reload_error: Mutex<Option<String>>,
     tokens_stamp: Mutex<FileStamp>,
 }
 
 impl App {
     /// Builds the state from a checked configuration, reading its tokens file.
-    pub fn new(config: Config) -> Result<Self, store::StoreError> {
+    pub fn new(config: Config) -> Result<Self, anyhow::Error> {
         let tokens_stamp = stamp(&config.tokens_file);
         let tokens = TokenTable::new(store::load(&config.tokens_file)?);
         let upstreams = Upstreams::new(config.upstream_timeouts);
         let views = Views::new(config.cache_max_bytes);
-        let snapshot = Snapshot {
-            policy: Arc::new(Policy::new(&config)),
-            config: Arc::new(config),
-            tokens: Arc::new(tokens),
+        let t = config.server.throttle;
+        let throttle = Throttle::new(t.failures, t.window, t.cooldown);
+        let tls = match &config.server.tls {
+            Some(paths) => Some(Arc::new(CertStore::new(&paths.cert, &paths.key).map_err(anyhow::Error::msg)?)),
+            None => None,
         };
+        let snapshot =
+            Snapshot { policy: Arc::new(Policy::new(&config)), config: Arc::new(config), tokens: Arc::new(tokens) };
         Ok(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             upstreams,
             views,
             metrics: Metrics::default(),
-            throttle: Throttle::default(),
+            throttle,
+            tls,
             reload_error: Mutex::new(None),
             tokens_stamp: Mutex::new(tokens_stamp),
         })
@@ -102,10 +107,7 @@ impl App {
         let snap = self.snapshot();
         let now = stamp(&snap.config.tokens_file);
         {
-            let held = self
-                .tokens_stamp
-                .lock()
-                .map_err(|_| "poisoned lock".to_owned())?;
+            let held = self.tokens_stamp.lock().map_err(|_| "poisoned lock".to_owned())?;
             if *held == now {
                 return Ok(false);
             }
@@ -136,29 +138,26 @@ impl App {
     /// address, upstream timeouts and cache size are fixed at start; everything else takes effect at once.
     pub fn reload_all(&self) -> Result<(), String> {
         let snap = self.snapshot();
+        let tls = self.tls.as_ref().map_or(Ok(()), |t| t.reload());
         let Some(path) = snap.config.path.clone() else {
-            return self.reload_tokens();
+            return self.reload_tokens().and(tls);
         };
-        let result = Config::load(&path)
-            .map_err(|e| e.to_string().trim_end().to_owned())
-            .and_then(|config| {
-                let now = stamp(&config.tokens_file);
-                let records = store::load(&config.tokens_file).map_err(|e| e.to_string())?;
-                if config.server.listen != snap.config.server.listen {
-                    tracing::warn!(
-                        "server.listen changed; the new address takes effect after a restart"
-                    );
-                }
-                self.snapshot.store(Arc::new(Snapshot {
-                    policy: Arc::new(Policy::new(&config)),
-                    config: Arc::new(config),
-                    tokens: Arc::new(TokenTable::new(records)),
-                }));
-                if let Ok(mut s) = self.tokens_stamp.lock() {
-                    *s = now;
-                }
-                Ok(())
-            });
+        let result = Config::load(&path).map_err(|e| e.to_string().trim_end().to_owned()).and_then(|config| {
+            let now = stamp(&config.tokens_file);
+            let records = store::load(&config.tokens_file).map_err(|e| e.to_string())?;
+            if config.server.listen != snap.config.server.listen {
+                tracing::warn!("server.listen changed; the new address takes effect after a restart");
+            }
+            self.snapshot.store(Arc::new(Snapshot {
+                policy: Arc::new(Policy::new(&config)),
+                config: Arc::new(config),
+                tokens: Arc::new(TokenTable::new(records)),
+            }));
+            if let Ok(mut s) = self.tokens_stamp.lock() {
+                *s = now;
+            }
+            Ok(())
+        });
         self.record(result)
     }
 }

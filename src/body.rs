@@ -12,9 +12,7 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A body of fixed bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 /// An empty body (HEAD, 304).

@@ -25,16 +25,10 @@ pub enum RangeAsk {
 /// `If-None-Match` wins when present, as RFC 9110 §13.2.2 orders.
 pub fn not_modified(headers: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
     if let Some(inm) = headers.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        return inm
-            .split(',')
-            .map(str::trim)
-            .any(|t| t == "*" || weak_eq(t, etag));
+        return inm.split(',').map(str::trim).any(|t| t == "*" || weak_eq(t, etag));
     }
     if let (Some(ims), Some(modified)) = (
-        headers
-            .get(IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok()),
+        headers.get(IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok()),
         modified,
     ) {
         return truncate_to_secs(modified) <= ims;
@@ -63,10 +57,7 @@ pub fn range(headers: &HeaderMap, len: u64, etag: &str, modified: Option<SystemT
         let still = if if_range.starts_with('"') {
             if_range == etag
         } else {
-            httpdate::parse_http_date(if_range)
-                .ok()
-                .zip(modified)
-                .is_some_and(|(d, m)| truncate_to_secs(m) == d)
+            httpdate::parse_http_date(if_range).ok().zip(modified).is_some_and(|(d, m)| truncate_to_secs(m) == d)
         };
         if !still {
             return RangeAsk::Whole;
@@ -93,21 +84,12 @@ pub fn range(headers: &HeaderMap, len: u64, etag: &str, modified: Option<SystemT
     };
     match (a, b) {
         (Some(start), _) if start >= len => RangeAsk::Unsatisfiable,
-        (Some(start), None) => RangeAsk::Part {
-            start,
-            end: len - 1,
-        },
-        (Some(start), Some(end)) if end >= start => RangeAsk::Part {
-            start,
-            end: end.min(len - 1),
-        },
+        (Some(start), None) => RangeAsk::Part { start, end: len - 1 },
+        (Some(start), Some(end)) if end >= start => RangeAsk::Part { start, end: end.min(len - 1) },
         (Some(_), Some(_)) => RangeAsk::Whole,
         (None, Some(0)) => RangeAsk::Unsatisfiable,
         (None, Some(_)) if len == 0 => RangeAsk::Unsatisfiable,
-        (None, Some(suffix)) => RangeAsk::Part {
-            start: len.saturating_sub(suffix),
-            end: len - 1,
-        },
+        (None, Some(suffix)) => RangeAsk::Part { start: len.saturating_sub(suffix), end: len - 1 },
         (None, None) => RangeAsk::Whole,
     }
 }
@@ -128,47 +110,15 @@ mod tests {
     #[test]
     fn ranges() {
         let e = "\"x\"";
-        assert_eq!(
-            range(&h(&[(RANGE, "bytes=0-9")]), 100, e, None),
-            RangeAsk::Part { start: 0, end: 9 }
-        );
-        assert_eq!(
-            range(&h(&[(RANGE, "bytes=90-")]), 100, e, None),
-            RangeAsk::Part { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range(&h(&[(RANGE, "bytes=90-500")]), 100, e, None),
-            RangeAsk::Part { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range(&h(&[(RANGE, "bytes=-10")]), 100, e, None),
-            RangeAsk::Part { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range(&h(&[(RANGE, "bytes=100-")]), 100, e, None),
-            RangeAsk::Unsatisfiable
-        );
-        assert_eq!(
-            range(&h(&[(RANGE, "bytes=0-1,5-6")]), 100, e, None),
-            RangeAsk::Whole
-        );
-        assert_eq!(
-            range(&h(&[(RANGE, "items=0-1")]), 100, e, None),
-            RangeAsk::Whole
-        );
-        assert_eq!(
-            range(&h(&[(RANGE, "bytes=5-1")]), 100, e, None),
-            RangeAsk::Whole
-        );
-        assert_eq!(
-            range(
-                &h(&[(RANGE, "bytes=0-1"), (IF_RANGE, "\"old\"")]),
-                100,
-                e,
-                None
-            ),
-            RangeAsk::Whole
-        );
+        assert_eq!(range(&h(&[(RANGE, "bytes=0-9")]), 100, e, None), RangeAsk::Part { start: 0, end: 9 });
+        assert_eq!(range(&h(&[(RANGE, "bytes=90-")]), 100, e, None), RangeAsk::Part { start: 90, end: 99 });
+        assert_eq!(range(&h(&[(RANGE, "bytes=90-500")]), 100, e, None), RangeAsk::Part { start: 90, end: 99 });
+        assert_eq!(range(&h(&[(RANGE, "bytes=-10")]), 100, e, None), RangeAsk::Part { start: 90, end: 99 });
+        assert_eq!(range(&h(&[(RANGE, "bytes=100-")]), 100, e, None), RangeAsk::Unsatisfiable);
+        assert_eq!(range(&h(&[(RANGE, "bytes=0-1,5-6")]), 100, e, None), RangeAsk::Whole);
+        assert_eq!(range(&h(&[(RANGE, "items=0-1")]), 100, e, None), RangeAsk::Whole);
+        assert_eq!(range(&h(&[(RANGE, "bytes=5-1")]), 100, e, None), RangeAsk::Whole);
+        assert_eq!(range(&h(&[(RANGE, "bytes=0-1"), (IF_RANGE, "\"old\"")]), 100, e, None), RangeAsk::Whole);
         assert_eq!(
             range(&h(&[(RANGE, "bytes=0-1"), (IF_RANGE, e)]), 100, e, None),
             RangeAsk::Part { start: 0, end: 1 }
@@ -179,31 +129,11 @@ mod tests {
     fn validators() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_500);
         let date = httpdate::fmt_http_date(t);
-        assert!(not_modified(
-            &h(&[(IF_NONE_MATCH, "\"a\", \"b\"")]),
-            "\"b\"",
-            None
-        ));
-        assert!(not_modified(
-            &h(&[(IF_NONE_MATCH, "W/\"b\"")]),
-            "\"b\"",
-            None
-        ));
-        assert!(!not_modified(
-            &h(&[(IF_NONE_MATCH, "\"a\""), (IF_MODIFIED_SINCE, &date)]),
-            "\"b\"",
-            Some(t)
-        ));
-        assert!(not_modified(
-            &h(&[(IF_MODIFIED_SINCE, &date)]),
-            "\"b\"",
-            Some(t)
-        ));
+        assert!(not_modified(&h(&[(IF_NONE_MATCH, "\"a\", \"b\"")]), "\"b\"", None));
+        assert!(not_modified(&h(&[(IF_NONE_MATCH, "W/\"b\"")]), "\"b\"", None));
+        assert!(!not_modified(&h(&[(IF_NONE_MATCH, "\"a\""), (IF_MODIFIED_SINCE, &date)]), "\"b\"", Some(t)));
+        assert!(not_modified(&h(&[(IF_MODIFIED_SINCE, &date)]), "\"b\"", Some(t)));
         let earlier = httpdate::fmt_http_date(t - std::time::Duration::from_secs(5));
-        assert!(!not_modified(
-            &h(&[(IF_MODIFIED_SINCE, &earlier)]),
-            "\"b\"",
-            Some(t)
-        ));
+        assert!(!not_modified(&h(&[(IF_MODIFIED_SINCE, &earlier)]), "\"b\"", Some(t)));
     }
 }

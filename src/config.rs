@@ -25,11 +25,7 @@ pub struct ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let from = self
-            .source
-            .as_ref()
-            .map(|p| format!(" in {}", p.display()))
-            .unwrap_or_default();
+        let from = self.source.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default();
         writeln!(f, "{} problem(s){from}:", self.problems.len())?;
         for p in &self.problems {
             writeln!(f, "  {p}")?;
@@ -68,6 +64,25 @@ struct RawServer {
     header_read_timeout: Option<String>,
     max_connections: Option<i64>,
     shutdown_grace: Option<String>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    throttle: Option<RawThrottle>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    failures: Option<i64>,
+    window: Option<String>,
+    cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,11 +231,7 @@ impl Packages {
             builder.add(glob);
         }
         let matcher = builder.build().map_err(|e| e.to_string())?;
-        Ok(Packages {
-            everything: sorted.iter().any(|p| p == "*"),
-            patterns: sorted,
-            matcher,
-        })
+        Ok(Packages { everything: sorted.iter().any(|p| p == "*"), patterns: sorted, matcher })
     }
 
     /// Whether `name` is one of these packages.
@@ -268,6 +279,75 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// TLS certificate and key (PEM); `None` serves plain HTTP.
+    pub tls: Option<TlsPaths>,
+    /// Peers whose `X-Forwarded-For` is believed (addresses or CIDR blocks).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Brute-force throttling of failed token checks.
+    pub throttle: ThrottleConfig,
+}
+
+/// Where the TLS certificate chain and key are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Throttling settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// Failed token checks allowed per address and window.
+    pub failures: u32,
+    /// The counting window.
+    pub window: Duration,
+    /// How long an address is refused once past the bound.
+    pub cooldown: Duration,
+}
+
+/// An address block: `10.0.0.0/8`, `::1/128`, or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `a.b.c.d`, `a.b.c.d/n`, or the IPv6 forms.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+        let addr: std::net::IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the block.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) if self.addr.is_ipv4() => match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => return false,
+            },
+            other => other,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A checked configuration.
@@ -300,10 +380,7 @@ impl Config {
             source: Some(path.to_owned()),
             problems: vec![format!("cannot read the file: {e}")],
         })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut cfg = Self::from_toml_str(&text, base).map_err(|mut e| {
             e.source = Some(path.to_owned());
             e
@@ -314,19 +391,14 @@ impl Config {
 
     /// Checks a configuration given as text; relative paths are resolved against `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors {
-            source: None,
-            problems: vec![e.to_string().trim_end().to_owned()],
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigErrors { source: None, problems: vec![e.to_string().trim_end().to_owned()] })?;
         let mut p = Problems::default();
         let cfg = check(raw, base_dir, &mut p);
         if p.0.is_empty() {
             Ok(cfg)
         } else {
-            Err(ConfigErrors {
-                source: None,
-                problems: p.0,
-            })
+            Err(ConfigErrors { source: None, problems: p.0 })
         }
     }
 
@@ -349,10 +421,7 @@ fn duration(p: &mut Problems, key: &str, v: Option<&String>, default: Duration) 
     match v {
         None => default,
         Some(s) => humantime::parse_duration(s).unwrap_or_else(|e| {
-            p.add(
-                key,
-                format!("{s:?} is not a duration like \"30s\" or \"5m\" ({e})"),
-            );
+            p.add(key, format!("{s:?} is not a duration like \"30s\" or \"5m\" ({e})"));
             default
         }),
     }
@@ -363,38 +432,22 @@ pub fn valid_segment_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Path segments that mean something else to condagate and so cannot be channel names.
 const RESERVED: [&str; 6] = ["t", "api", "healthz", "readyz", "metrics", "label"];
 
-fn source(
-    p: &mut Problems,
-    key: &str,
-    raw: &RawUpstream,
-    base_dir: &Path,
-    channel: Option<&str>,
-) -> Option<Source> {
+fn source(p: &mut Problems, key: &str, raw: &RawUpstream, base_dir: &Path, channel: Option<&str>) -> Option<Source> {
     let mut headers = Vec::new();
     for (name, value) in &raw.headers {
-        match (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
+        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
             (Ok(n), Ok(mut v)) => {
                 v.set_sensitive(true);
                 headers.push((n, v));
             }
-            (Err(_), _) => p.add(
-                format!("{key}.headers"),
-                format!("{name:?} is not a valid header name"),
-            ),
-            (_, Err(_)) => p.add(
-                format!("{key}.headers.{name}"),
-                "the value is not a valid header value",
-            ),
+            (Err(_), _) => p.add(format!("{key}.headers"), format!("{name:?} is not a valid header name")),
+            (_, Err(_)) => p.add(format!("{key}.headers.{name}"), "the value is not a valid header value"),
         }
     }
     match (&raw.dir, &raw.url) {
@@ -408,10 +461,7 @@ fn source(
         }
         (Some(dir), None) => {
             if !raw.headers.is_empty() {
-                p.add(
-                    format!("{key}.headers"),
-                    "headers only apply to an url upstream",
-                );
+                p.add(format!("{key}.headers"), "headers only apply to an url upstream");
             }
             let mut root = base_dir.join(dir);
             if let Some(c) = channel {
@@ -422,15 +472,10 @@ fn source(
         (None, Some(url)) => {
             let trimmed = url.trim_end_matches('/');
             let ok = trimmed.parse::<Uri>().ok().filter(|u| {
-                matches!(u.scheme_str(), Some("http" | "https"))
-                    && u.host().is_some()
-                    && u.query().is_none()
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none()
             });
             if ok.is_none() {
-                p.add(
-                    format!("{key}.url"),
-                    format!("{url:?} is not an http:// or https:// URL without a query"),
-                );
+                p.add(format!("{key}.url"), format!("{url:?} is not an http:// or https:// URL without a query"));
                 return None;
             }
             let base = match channel {
@@ -444,15 +489,9 @@ fn source(
 
 fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
     let s = &raw.server;
-    let listen_str = s
-        .listen
-        .clone()
-        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let listen_str = s.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     let listen = listen_str.parse::<SocketAddr>().unwrap_or_else(|_| {
-        p.add(
-            "server.listen",
-            format!("{listen_str:?} is not an address like \"127.0.0.1:8080\""),
-        );
+        p.add("server.listen", format!("{listen_str:?} is not an address like \"127.0.0.1:8080\""));
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
     let base_path = match s.base_path.as_deref().map(|b| b.trim_end_matches('/')) {
@@ -460,10 +499,7 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
         Some(b) => {
             let ok = b.starts_with('/') && b[1..].split('/').all(valid_segment_name);
             if !ok {
-                p.add(
-                    "server.base_path",
-                    format!("{b:?} must look like \"/conda\" (segments of A-Z a-z 0-9 - _ .)"),
-                );
+                p.add("server.base_path", format!("{b:?} must look like \"/conda\" (segments of A-Z a-z 0-9 - _ .)"));
             }
             b.to_owned()
         }
@@ -472,22 +508,14 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
         None => 10_000,
         Some(n) if (1..=1_000_000).contains(&n) => n as usize,
         Some(n) => {
-            p.add(
-                "server.max_connections",
-                format!("{n} is not between 1 and 1000000"),
-            );
+            p.add("server.max_connections", format!("{n} is not between 1 and 1000000"));
             10_000
         }
     };
     let server = ServerConfig {
         listen,
         base_path,
-        repodata_max_age: duration(
-            p,
-            "server.repodata_max_age",
-            s.repodata_max_age.as_ref(),
-            Duration::from_secs(60),
-        ),
+        repodata_max_age: duration(p, "server.repodata_max_age", s.repodata_max_age.as_ref(), Duration::from_secs(60)),
         header_read_timeout: duration(
             p,
             "server.header_read_timeout",
@@ -495,21 +523,61 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
             Duration::from_secs(10),
         ),
         max_connections,
-        shutdown_grace: duration(
-            p,
-            "server.shutdown_grace",
-            s.shutdown_grace.as_ref(),
-            Duration::from_secs(30),
-        ),
+        shutdown_grace: duration(p, "server.shutdown_grace", s.shutdown_grace.as_ref(), Duration::from_secs(30)),
+        tls: s.tls.as_ref().and_then(|t| match (&t.cert, &t.key) {
+            (Some(c), Some(k)) => Some(TlsPaths { cert: base_dir.join(c), key: base_dir.join(k) }),
+            (None, _) => {
+                p.add("server.tls.cert", "missing (a PEM certificate chain)");
+                None
+            }
+            (_, None) => {
+                p.add("server.tls.key", "missing (a PEM private key)");
+                None
+            }
+        }),
+        trusted_proxies: s
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let net = IpNet::parse(t);
+                if net.is_none() {
+                    p.add(format!("server.trusted_proxies[{i}]"), format!("{t:?} is not an address or CIDR block"));
+                }
+                net
+            })
+            .collect(),
+        throttle: {
+            let t = s.throttle.as_ref();
+            let failures = match t.and_then(|t| t.failures) {
+                None => 20,
+                Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+                Some(n) => {
+                    p.add("server.throttle.failures", format!("{n} is not between 1 and 1000000"));
+                    20
+                }
+            };
+            ThrottleConfig {
+                failures,
+                window: duration(
+                    p,
+                    "server.throttle.window",
+                    t.and_then(|t| t.window.as_ref()),
+                    Duration::from_secs(60),
+                ),
+                cooldown: duration(
+                    p,
+                    "server.throttle.cooldown",
+                    t.and_then(|t| t.cooldown.as_ref()),
+                    Duration::from_secs(60),
+                ),
+            }
+        },
     };
 
     let tokens_file = base_dir.join(raw.tokens.file.as_deref().unwrap_or("tokens.toml"));
-    let tokens_watch_interval = duration(
-        p,
-        "tokens.watch_interval",
-        raw.tokens.watch_interval.as_ref(),
-        Duration::from_millis(250),
-    );
+    let tokens_watch_interval =
+        duration(p, "tokens.watch_interval", raw.tokens.watch_interval.as_ref(), Duration::from_millis(250));
 
     let upstream_timeouts = {
         let u = raw.upstream.as_ref();
@@ -520,12 +588,7 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
                 u.and_then(|u| u.connect_timeout.as_ref()),
                 Duration::from_secs(5),
             ),
-            first_byte: duration(
-                p,
-                "upstream.timeout",
-                u.and_then(|u| u.timeout.as_ref()),
-                Duration::from_secs(30),
-            ),
+            first_byte: duration(p, "upstream.timeout", u.and_then(|u| u.timeout.as_ref()), Duration::from_secs(30)),
         }
     };
 
@@ -549,31 +612,19 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
     let mut channels = Vec::new();
     let mut names = HashSet::new();
     if raw.channels.is_empty() {
-        p.add(
-            "channels",
-            "no channel is configured (add a [[channels]] table)",
-        );
+        p.add("channels", "no channel is configured (add a [[channels]] table)");
     }
     for (i, c) in raw.channels.iter().enumerate() {
         let key = format!("channels[{i}]");
         if !valid_segment_name(&c.name) || RESERVED.contains(&c.name.as_str()) {
-            p.add(
-                format!("{key}.name"),
-                format!("{:?} is not a usable channel name", c.name),
-            );
+            p.add(format!("{key}.name"), format!("{:?} is not a usable channel name", c.name));
         } else if !names.insert(c.name.clone()) {
-            p.add(
-                format!("{key}.name"),
-                format!("{:?} is configured twice", c.name),
-            );
+            p.add(format!("{key}.name"), format!("{:?} is configured twice", c.name));
         }
         let access = match c.access.as_deref() {
             None => Access::Private,
             Some(a) => Access::parse(a).unwrap_or_else(|| {
-                p.add(
-                    format!("{key}.access"),
-                    format!("{a:?} is not one of public, authenticated, private"),
-                );
+                p.add(format!("{key}.access"), format!("{a:?} is not one of public, authenticated, private"));
                 Access::Private
             }),
         };
@@ -581,20 +632,12 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
             (Some(own), _) => source(p, &format!("{key}.upstream"), own, base_dir, None),
             (None, Some(global)) => source(p, "upstream", global, base_dir, Some(&c.name)),
             (None, None) => {
-                p.add(
-                    format!("{key}.upstream"),
-                    "no upstream: set [upstream] dir or url, or this channel's own",
-                );
+                p.add(format!("{key}.upstream"), "no upstream: set [upstream] dir or url, or this channel's own");
                 None
             }
         };
         if let Some(source) = src {
-            channels.push(Channel {
-                name: c.name.clone(),
-                access,
-                owners: c.owners.clone(),
-                source,
-            });
+            channels.push(Channel { name: c.name.clone(), access, owners: c.owners.clone(), source });
         }
     }
     // A global upstream that is broken is reported once per channel using it; keep one.
@@ -605,22 +648,13 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
     for (i, g) in raw.groups.iter().enumerate() {
         let key = format!("groups[{i}]");
         if !names.contains(&g.channel) {
-            p.add(
-                format!("{key}.channel"),
-                format!("{:?} is not a configured channel", g.channel),
-            );
+            p.add(format!("{key}.channel"), format!("{:?} is not a configured channel", g.channel));
         }
         if let Some(prev) = group_names.insert((g.channel.clone(), g.name.clone()), i) {
-            p.add(
-                format!("{key}.name"),
-                format!("{:?} is already groups[{prev}] of this channel", g.name),
-            );
+            p.add(format!("{key}.name"), format!("{:?} is already groups[{prev}] of this channel", g.name));
         }
         if g.packages.is_empty() {
-            p.add(
-                format!("{key}.packages"),
-                "is empty (use [\"*\"] for every package)",
-            );
+            p.add(format!("{key}.packages"), "is empty (use [\"*\"] for every package)");
         }
         let packages = Packages::new(&g.packages).unwrap_or_else(|e| {
             p.add(format!("{key}.packages"), e);
@@ -628,10 +662,7 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
         });
         if let Some(labels) = &g.labels {
             for l in labels.iter().filter(|l| !valid_segment_name(l)) {
-                p.add(
-                    format!("{key}.labels"),
-                    format!("{l:?} is not a usable label name"),
-                );
+                p.add(format!("{key}.labels"), format!("{l:?} is not a usable label name"));
             }
         }
         groups.push(Group {
@@ -691,10 +722,7 @@ packages = ["alpha", "beta*"]
     fn the_documented_example_is_accepted() {
         let cfg = Config::from_toml_str(ISSUE_EXAMPLE, Path::new("/etc/cg")).unwrap();
         assert_eq!(cfg.channels.len(), 2);
-        assert_eq!(
-            cfg.channels[0].source,
-            Source::Dir(PathBuf::from("/etc/cg/channels/mychan"))
-        );
+        assert_eq!(cfg.channels[0].source, Source::Dir(PathBuf::from("/etc/cg/channels/mychan")));
         assert_eq!(cfg.tokens_file, PathBuf::from("/etc/cg/tokens.toml"));
         assert!(cfg.groups[0].packages.matches("beta-utils"));
         assert!(!cfg.groups[0].packages.matches("alphabet"));
@@ -735,8 +763,7 @@ packages = ["[oops"]
 
     #[test]
     fn unknown_keys_are_named() {
-        let err =
-            Config::from_toml_str("[server]\nlisten_addr = 'x'\n", Path::new(".")).unwrap_err();
+        let err = Config::from_toml_str("[server]\nlisten_addr = 'x'\n", Path::new(".")).unwrap_err();
         assert!(err.problems[0].contains("listen_addr"), "{err}");
     }
 
@@ -759,12 +786,29 @@ upstream = { url = "https://mirror.example/conda-forge/", headers = { Authorizat
     }
 
     #[test]
-    fn reserved_names_are_refused() {
+    fn address_blocks() {
+        let n = IpNet::parse("10.1.0.0/16").unwrap();
+        assert!(n.contains("10.1.200.3".parse().unwrap()));
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(IpNet::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_none());
+        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
         let err = Config::from_toml_str(
-            "[upstream]\ndir='c'\n[[channels]]\nname='t'\n",
+            "[server.tls]\ncert='c.pem'\n[upstream]\ndir='c'\n[[channels]]\nname='a'\n",
             Path::new("."),
         )
         .unwrap_err();
+        assert!(err.problems[0].starts_with("server.tls.key"), "{err}");
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        let err = Config::from_toml_str("[upstream]\ndir='c'\n[[channels]]\nname='t'\n", Path::new(".")).unwrap_err();
         assert!(err.problems[0].starts_with("channels[0].name"), "{err}");
     }
 }

@@ -8,9 +8,7 @@ use crate::body::{full, Body};
 use crate::policy::Denied;
 use crate::store::format_time;
 use bytes::Bytes;
-use http::header::{
-    ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 /// Everything that can stop a request from being served.
@@ -25,6 +23,9 @@ pub enum Error {
     /// Missing, hidden from this token, or not a file kind condagate serves: deliberately indistinguishable.
     #[error("not found")]
     NotFound,
+    /// A request target longer than condagate reads.
+    #[error("request target too long")]
+    UriTooLong,
     /// A method other than GET and HEAD (or, on the admin API, other than the route's).
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
@@ -73,15 +74,14 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Denied(d) => match d {
-                Denied::NoCredentials
-                | Denied::Malformed
-                | Denied::Unknown
-                | Denied::Revoked
-                | Denied::Expired(_) => StatusCode::UNAUTHORIZED,
+                Denied::NoCredentials | Denied::Malformed | Denied::Unknown | Denied::Revoked | Denied::Expired(_) => {
+                    StatusCode::UNAUTHORIZED
+                }
                 Denied::NoDownloadScope | Denied::NotAllowed => StatusCode::FORBIDDEN,
                 Denied::UnknownChannel => StatusCode::NOT_FOUND,
             },
             Error::BadPath => StatusCode::BAD_REQUEST,
+            Error::UriTooLong => StatusCode::URI_TOO_LONG,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -97,6 +97,7 @@ impl Error {
         match self {
             Error::Denied(_)
             | Error::BadPath
+            | Error::UriTooLong
             | Error::NotFound
             | Error::MethodNotAllowed(_)
             | Error::RangeNotSatisfiable { .. }
@@ -120,6 +121,7 @@ impl Error {
                 Denied::UnknownChannel => "not-found",
             },
             Error::BadPath => "bad-path",
+            Error::UriTooLong => "uri-too-long",
             Error::NotFound => "not-found",
             Error::MethodNotAllowed(_) => "method-not-allowed",
             Error::RangeNotSatisfiable { .. } => "range-not-satisfiable",
@@ -149,6 +151,7 @@ impl Error {
                 Denied::UnknownChannel => "No such file.".to_owned(),
             },
             Error::BadPath => "The request path is malformed.".to_owned(),
+            Error::UriTooLong => format!("The request target is longer than {} bytes.", crate::server::MAX_URI),
             Error::NotFound => "No such file.".to_owned(),
             Error::MethodNotAllowed(allow) => format!("Only {allow} are allowed here."),
             Error::RangeNotSatisfiable { size } => format!("The requested range is outside the file ({size} bytes)."),
@@ -168,25 +171,14 @@ impl Error {
         let mut resp = Response::new(full(body.clone()));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         match &self {
             Error::Denied(Denied::NoCredentials) => {
-                h.insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"condagate\""),
-                );
-                h.append(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"condagate\""),
-                );
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"condagate\""));
+                h.append(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"condagate\""));
             }
-            Error::Denied(
-                Denied::Malformed | Denied::Unknown | Denied::Revoked | Denied::Expired(_),
-            ) => {
+            Error::Denied(Denied::Malformed | Denied::Unknown | Denied::Revoked | Denied::Expired(_)) => {
                 h.insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"condagate\", error=\"invalid_token\""),
@@ -203,10 +195,9 @@ impl Error {
             Error::Throttled { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            Error::Denied(
-                Denied::NoDownloadScope | Denied::NotAllowed | Denied::UnknownChannel,
-            )
+            Error::Denied(Denied::NoDownloadScope | Denied::NotAllowed | Denied::UnknownChannel)
             | Error::BadPath
+            | Error::UriTooLong
             | Error::NotFound
             | Error::Upstream(_)
             | Error::UpstreamTimeout
@@ -239,15 +230,13 @@ mod tests {
             (Error::Denied(Denied::Malformed), 401),
             (Error::Denied(Denied::Unknown), 401),
             (Error::Denied(Denied::Revoked), 401),
-            (
-                Error::Denied(Denied::Expired(OffsetDateTime::UNIX_EPOCH)),
-                401,
-            ),
+            (Error::Denied(Denied::Expired(OffsetDateTime::UNIX_EPOCH)), 401),
             (Error::Denied(Denied::NoDownloadScope), 403),
             (Error::Denied(Denied::NotAllowed), 403),
             (Error::Denied(Denied::UnknownChannel), 404),
             (Error::NotFound, 404),
             (Error::BadPath, 400),
+            (Error::UriTooLong, 414),
             (Error::MethodNotAllowed("GET, HEAD"), 405),
             (Error::RangeNotSatisfiable { size: 3 }, 416),
             (Error::Throttled { retry_after: 5 }, 429),

@@ -66,8 +66,7 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         let mut j = self.i + 1;
         loop {
-            let k = memchr2(b'"', b'\\', &self.b[j..])
-                .ok_or_else(|| self.err("an unterminated string"))?;
+            let k = memchr2(b'"', b'\\', &self.b[j..]).ok_or_else(|| self.err("an unterminated string"))?;
             j += k;
             if self.b[j] == b'"' {
                 self.i = j + 1;
@@ -136,13 +135,9 @@ impl<'a> Scanner<'a> {
         let escaped = self.string()?;
         let raw = &self.b[start..self.i];
         let text = if escaped {
-            std::borrow::Cow::Owned(
-                serde_json::from_slice::<String>(raw).map_err(|_| self.err("a valid key"))?,
-            )
+            std::borrow::Cow::Owned(serde_json::from_slice::<String>(raw).map_err(|_| self.err("a valid key"))?)
         } else {
-            std::borrow::Cow::Borrowed(
-                std::str::from_utf8(&raw[1..raw.len() - 1]).map_err(|_| self.err("UTF-8"))?,
-            )
+            std::borrow::Cow::Borrowed(std::str::from_utf8(&raw[1..raw.len() - 1]).map_err(|_| self.err("UTF-8"))?)
         };
         self.expect(b':', "':' after a key")?;
         Ok((raw, text))
@@ -221,11 +216,7 @@ impl Decider<'_> {
     }
 }
 
-fn filter_package_map(
-    s: &mut Scanner<'_>,
-    out: &mut Vec<u8>,
-    decide: &mut Decider<'_>,
-) -> Result<(), FilterError> {
+fn filter_package_map(s: &mut Scanner<'_>, out: &mut Vec<u8>, decide: &mut Decider<'_>) -> Result<(), FilterError> {
     if s.peek() != Some(b'{') {
         let (a, b) = s.value()?;
         out.extend_from_slice(&s.b[a..b]);
@@ -248,54 +239,28 @@ fn is_absolute_url(u: &str) -> bool {
 }
 
 fn rewrite_info(raw: &[u8], out: &mut Vec<u8>, at: usize) -> Result<(), FilterError> {
-    let mut info: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(raw)
-        .map_err(|_| FilterError {
-            at,
-            what: "an info object",
-        })?;
-    if info
-        .get("base_url")
-        .and_then(|v| v.as_str())
-        .is_some_and(is_absolute_url)
-    {
+    let mut info: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(raw).map_err(|_| FilterError { at, what: "an info object" })?;
+    if info.get("base_url").and_then(|v| v.as_str()).is_some_and(is_absolute_url) {
         info.remove("base_url");
-        serde_json::to_writer(out, &info).map_err(|_| FilterError {
-            at,
-            what: "a writable info object",
-        })?;
+        serde_json::to_writer(out, &info).map_err(|_| FilterError { at, what: "a writable info object" })?;
     } else {
         out.extend_from_slice(raw);
     }
     Ok(())
 }
 
-fn filter_removed(
-    raw: &[u8],
-    out: &mut Vec<u8>,
-    decide: &mut Decider<'_>,
-    at: usize,
-) -> Result<(), FilterError> {
-    let removed: Vec<serde_json::Value> = serde_json::from_slice(raw).map_err(|_| FilterError {
-        at,
-        what: "a removed list",
-    })?;
-    let kept: Vec<&serde_json::Value> = removed
-        .iter()
-        .filter(|v| v.as_str().is_some_and(|k| decide.key_allowed(k)))
-        .collect();
-    serde_json::to_writer(out, &kept).map_err(|_| FilterError {
-        at,
-        what: "a writable removed list",
-    })
+fn filter_removed(raw: &[u8], out: &mut Vec<u8>, decide: &mut Decider<'_>, at: usize) -> Result<(), FilterError> {
+    let removed: Vec<serde_json::Value> =
+        serde_json::from_slice(raw).map_err(|_| FilterError { at, what: "a removed list" })?;
+    let kept: Vec<&serde_json::Value> =
+        removed.iter().filter(|v| v.as_str().is_some_and(|k| decide.key_allowed(k))).collect();
+    serde_json::to_writer(out, &kept).map_err(|_| FilterError { at, what: "a writable removed list" })
 }
 
 /// Filters a `repodata.json` document: keeps the records of packages `allow` accepts in every package map, drops
 /// an absolute `info.base_url`, and copies everything else. Appends the result to `out`.
-pub fn filter_repodata(
-    input: &[u8],
-    allow: &dyn Fn(&str) -> bool,
-    out: &mut Vec<u8>,
-) -> Result<(), FilterError> {
+pub fn filter_repodata(input: &[u8], allow: &dyn Fn(&str) -> bool, out: &mut Vec<u8>) -> Result<(), FilterError> {
     let mut s = Scanner { b: input, i: 0 };
     let mut decide = Decider { allow, last: None };
     out.reserve(input.len() / 4);
@@ -342,10 +307,7 @@ pub fn has_absolute_base_url(input: &[u8]) -> Result<bool, FilterError> {
         if key == "info" {
             let info: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(&s.b[a..b]).map_err(|_| s.err("an info object"))?;
-            found = info
-                .get("base_url")
-                .and_then(|v| v.as_str())
-                .is_some_and(is_absolute_url);
+            found = info.get("base_url").and_then(|v| v.as_str()).is_some_and(is_absolute_url);
         }
         Ok(())
     })?;
@@ -382,10 +344,7 @@ impl ShardIndex {
                 (Some("shards"), rmpv::Value::Map(m)) => {
                     shards.reserve(m.len());
                     for (name, hash) in m {
-                        let name = name
-                            .as_str()
-                            .ok_or_else(|| bad("shard names as strings"))?
-                            .to_owned();
+                        let name = name.as_str().ok_or_else(|| bad("shard names as strings"))?.to_owned();
                         let hash: [u8; 32] = match &hash {
                             rmpv::Value::Binary(b) => b.as_slice().try_into().ok(),
                             _ => None,
@@ -397,18 +356,13 @@ impl ShardIndex {
                 (_, v) => other.push((k, v)),
             }
         }
-        Ok(ShardIndex {
-            info,
-            other,
-            shards,
-        })
+        Ok(ShardIndex { info, other, shards })
     }
 
     /// Whether `info.base_url` or `info.shards_base_url` is absolute.
     pub fn has_absolute_urls(&self) -> bool {
         self.info.iter().any(|(k, v)| {
-            matches!(k.as_str(), Some("base_url" | "shards_base_url"))
-                && v.as_str().is_some_and(is_absolute_url)
+            matches!(k.as_str(), Some("base_url" | "shards_base_url")) && v.as_str().is_some_and(is_absolute_url)
         })
     }
 
@@ -426,9 +380,7 @@ impl ShardIndex {
             .map(|(k, v)| {
                 let v = match (k.as_str(), v.as_str()) {
                     (Some("base_url"), Some(u)) if is_absolute_url(u) => rmpv::Value::from(""),
-                    (Some("shards_base_url"), Some(u)) if is_absolute_url(u) => {
-                        rmpv::Value::from("./shards/")
-                    }
+                    (Some("shards_base_url"), Some(u)) if is_absolute_url(u) => rmpv::Value::from("./shards/"),
                     _ => v.clone(),
                 };
                 (k.clone(), v)
@@ -438,12 +390,7 @@ impl ShardIndex {
             .shards
             .iter()
             .filter(|(n, _)| allow(n))
-            .map(|(n, h)| {
-                (
-                    rmpv::Value::from(n.as_str()),
-                    rmpv::Value::Binary(h.to_vec()),
-                )
-            })
+            .map(|(n, h)| (rmpv::Value::from(n.as_str()), rmpv::Value::Binary(h.to_vec())))
             .collect();
         let mut top = vec![
             (rmpv::Value::from("info"), rmpv::Value::Map(info)),
@@ -451,8 +398,7 @@ impl ShardIndex {
         ];
         top.extend(self.other.iter().cloned());
         let mut raw = Vec::new();
-        rmpv::encode::write_value(&mut raw, &rmpv::Value::Map(top))
-            .map_err(|_| bad("an encodable index"))?;
+        rmpv::encode::write_value(&mut raw, &rmpv::Value::Map(top)).map_err(|_| bad("an encodable index"))?;
         zstd::encode_all(raw.as_slice(), 3).map_err(|_| bad("a compressible index"))
     }
 }
@@ -466,8 +412,7 @@ mod tests {
         let f = |n: &str| allow.contains(&n);
         let mut out = Vec::new();
         filter_repodata(input.as_bytes(), &f, &mut out).unwrap();
-        serde_json::from_slice(&out)
-            .unwrap_or_else(|e| panic!("invalid output {e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("invalid output {e}: {}", String::from_utf8_lossy(&out)))
     }
 
     const DOC: &str = r#"{
@@ -488,34 +433,10 @@ mod tests {
     #[test]
     fn hidden_names_vanish_from_every_map() {
         let v = run(DOC, &["alpha", "beta"]);
-        assert_eq!(
-            v["packages"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .collect::<Vec<_>>(),
-            ["alpha-1.0-0.tar.bz2"]
-        );
-        assert_eq!(
-            v["packages.conda"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .collect::<Vec<_>>(),
-            ["beta-1.0-0.conda"]
-        );
-        assert_eq!(
-            v["packages.conda"]["beta-1.0-0.conda"]["weird"],
-            "a \"quoted\" } ] { [ string\\"
-        );
-        assert_eq!(
-            v["v3"]["whl"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .collect::<Vec<_>>(),
-            ["alpha-3.0-py_0"]
-        );
+        assert_eq!(v["packages"].as_object().unwrap().keys().collect::<Vec<_>>(), ["alpha-1.0-0.tar.bz2"]);
+        assert_eq!(v["packages.conda"].as_object().unwrap().keys().collect::<Vec<_>>(), ["beta-1.0-0.conda"]);
+        assert_eq!(v["packages.conda"]["beta-1.0-0.conda"]["weird"], "a \"quoted\" } ] { [ string\\");
+        assert_eq!(v["v3"]["whl"].as_object().unwrap().keys().collect::<Vec<_>>(), ["alpha-3.0-py_0"]);
         assert_eq!(v["removed"], json!(["alpha-0.1-0.tar.bz2"]));
         assert_eq!(v["repodata_version"], 1);
         assert_eq!(v["info"], json!({"subdir": "noarch"}));
@@ -545,10 +466,7 @@ mod tests {
     #[test]
     fn empty_maps_and_no_survivors_stay_valid() {
         assert_eq!(
-            run(
-                r#"{"packages": {}, "packages.conda": {"a-1-0.conda": {}}}"#,
-                &[]
-            ),
+            run(r#"{"packages": {}, "packages.conda": {"a-1-0.conda": {}}}"#, &[]),
             json!({"packages": {}, "packages.conda": {}})
         );
         assert_eq!(run("{}", &[]), json!({}));
@@ -557,17 +475,9 @@ mod tests {
     #[test]
     fn huge_records_pass_through_whole() {
         let big = "x".repeat(5 << 20);
-        let doc = format!(
-            r#"{{"packages": {{"alpha-1-0.tar.bz2": {{"blob": "{big}", "n": [1.5e3, true, null]}}}}}}"#
-        );
+        let doc = format!(r#"{{"packages": {{"alpha-1-0.tar.bz2": {{"blob": "{big}", "n": [1.5e3, true, null]}}}}}}"#);
         let v = run(&doc, &["alpha"]);
-        assert_eq!(
-            v["packages"]["alpha-1-0.tar.bz2"]["blob"]
-                .as_str()
-                .unwrap()
-                .len(),
-            5 << 20
-        );
+        assert_eq!(v["packages"]["alpha-1-0.tar.bz2"]["blob"].as_str().unwrap().len(), 5 << 20);
     }
 
     #[test]
@@ -582,10 +492,7 @@ mod tests {
             r#"{"a" 1}"#,
         ] {
             let mut out = Vec::new();
-            assert!(
-                filter_repodata(bad.as_bytes(), &|_| true, &mut out).is_err(),
-                "{bad:?}"
-            );
+            assert!(filter_repodata(bad.as_bytes(), &|_| true, &mut out).is_err(), "{bad:?}");
         }
     }
 
@@ -623,9 +530,7 @@ mod tests {
         assert!(!back.has_absolute_urls());
         let raw = zstd::decode_all(out.as_slice()).unwrap();
         assert!(!raw.windows(6).any(|w| w == b"secret"));
-        assert!(!ShardIndex::decode(&index_bytes("./"))
-            .unwrap()
-            .has_absolute_urls());
+        assert!(!ShardIndex::decode(&index_bytes("./")).unwrap().has_absolute_urls());
         assert!(ShardIndex::decode(b"not zstd").is_err());
     }
 }

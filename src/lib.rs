@@ -11,18 +11,22 @@
 //! | upstream | [`upstream`], [`conditional`] | streams the file from a local folder or an HTTP mirror |
 //! | respond | [`error`], [`server`] | one error type mapped to statuses and problem+json; access log and metrics |
 //!
+//! The admin API ([`api`], [`lifecycle`], [`groups`]) manages tokens and groups over HTTP.
+//!
 //! [`config`] turns the TOML file into a checked [`config::Config`]; [`app`] holds the state that reloads swap;
 //! [`run`] is the one entry point that `main` and the tests share.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod app;
 pub mod body;
 pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod groups;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
@@ -30,6 +34,7 @@ pub mod route;
 pub mod server;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 pub mod view;

@@ -29,44 +29,27 @@ pub struct NewToken {
 /// Parses scope names, refusing unknown ones with the list of valid ones.
 pub fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, StoreError> {
     if names.is_empty() {
-        return Err(StoreError::Refused(format!(
-            "no scope given (valid scopes: {})",
-            Scope::valid_names()
-        )));
+        return Err(StoreError::Refused(format!("no scope given (valid scopes: {})", Scope::valid_names())));
     }
-    let mut scopes = names
-        .iter()
-        .map(|s| s.parse::<Scope>().map_err(StoreError::Refused))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut scopes =
+        names.iter().map(|s| s.parse::<Scope>().map_err(StoreError::Refused)).collect::<Result<Vec<_>, _>>()?;
     scopes.sort();
     scopes.dedup();
     Ok(scopes)
 }
 
 /// Creates a token: checks the request, stores the digest, and returns the secret (to be shown once) and record.
-pub fn create(
-    config: &Config,
-    new: NewToken,
-    now: OffsetDateTime,
-) -> Result<(Token, TokenRecord), StoreError> {
+pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(Token, TokenRecord), StoreError> {
     if !store::valid_name(&new.name) {
-        return Err(StoreError::Refused(format!(
-            "{:?} is not a usable token name",
-            new.name
-        )));
+        return Err(StoreError::Refused(format!("{:?} is not a usable token name", new.name)));
     }
     if !store::valid_name(&new.user) {
-        return Err(StoreError::Refused(format!(
-            "{:?} is not a usable user name",
-            new.user
-        )));
+        return Err(StoreError::Refused(format!("{:?} is not a usable user name", new.user)));
     }
     let scopes = parse_scopes(&new.scopes)?;
     if let Some(chs) = &new.channels {
         if let Some(unknown) = chs.iter().find(|c| config.channel(c).is_none()) {
-            return Err(StoreError::Refused(format!(
-                "channel {unknown:?} is not configured"
-            )));
+            return Err(StoreError::Refused(format!("channel {unknown:?} is not configured")));
         }
     }
     if new.expires.is_some_and(|e| e <= now) {
@@ -85,10 +68,7 @@ pub fn create(
     };
     let stored = record.clone();
     store::update(&config.tokens_file, move |records| {
-        if records
-            .iter()
-            .any(|r| r.user == stored.user && r.name == stored.name && r.revoked.is_none())
-        {
+        if records.iter().any(|r| r.user == stored.user && r.name == stored.name && r.revoked.is_none()) {
             return Err(StoreError::Refused(format!(
                 "user {:?} already has a token named {:?} (revoke it first, or choose another name)",
                 stored.user, stored.name
@@ -111,9 +91,7 @@ pub fn revoke(
         let matching: Vec<usize> = records
             .iter()
             .enumerate()
-            .filter(|(_, r)| {
-                r.name == name && r.revoked.is_none() && user.is_none_or(|u| r.user == u)
-            })
+            .filter(|(_, r)| r.name == name && r.revoked.is_none() && user.is_none_or(|u| r.user == u))
             .map(|(i, _)| i)
             .collect();
         match matching.as_slice() {

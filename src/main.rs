@@ -20,11 +20,7 @@ use condagate::Server;
 const DEFAULT_CONFIG: &str = "config/condagate.toml";
 
 #[derive(Parser)]
-#[command(
-    name = "condagate",
-    version,
-    about = "An authorizing reverse proxy in front of a conda channel"
-)]
+#[command(name = "condagate", version, about = "An authorizing reverse proxy in front of a conda channel")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,9 +128,7 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -145,9 +139,7 @@ async fn serve(config_path: &Path, listen: Option<String>) -> anyhow::Result<()>
     let mut config = load_config(config_path)?;
     init_logging(config.log_format);
     if let Some(l) = listen {
-        config.server.listen = l
-            .parse()
-            .with_context(|| format!("--listen: {l:?} is not an address"))?;
+        config.server.listen = l.parse().with_context(|| format!("--listen: {l:?} is not an address"))?;
     }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -195,31 +187,18 @@ async fn serve(config_path: &Path, listen: Option<String>) -> anyhow::Result<()>
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split([' ', ','])
-        .filter(|x| !x.is_empty())
-        .map(str::to_owned)
-        .collect()
+    s.split([' ', ',']).filter(|x| !x.is_empty()).map(str::to_owned).collect()
 }
 
 fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     match cmd {
-        TokenCommand::Create {
-            config,
-            name,
-            user,
-            scopes,
-            expires_in,
-            expires,
-            no_expiry,
-            channels,
-        } => {
+        TokenCommand::Create { config, name, user, scopes, expires_in, expires, no_expiry, channels } => {
             let config = load_config(&config)?;
             let expires = if no_expiry {
                 None
             } else if let Some(d) = expires_in {
-                let d = humantime::parse_duration(&d)
-                    .with_context(|| format!("--expires-in: {d:?}"))?;
+                let d = humantime::parse_duration(&d).with_context(|| format!("--expires-in: {d:?}"))?;
                 Some(now + d)
             } else if let Some(at) = expires {
                 Some(
@@ -241,16 +220,8 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
                 "created token {:?} for user {:?}: scopes {}, expires {}",
                 record.name,
                 record.user,
-                record
-                    .scopes
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                record
-                    .expires
-                    .map(format_time)
-                    .unwrap_or_else(|| "never".into())
+                record.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(" "),
+                record.expires.map(format_time).unwrap_or_else(|| "never".into())
             );
             println!("store it now: it is shown only this once and cannot be recovered.");
             println!("{}", token.reveal());
@@ -258,20 +229,9 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::List { config, user } => {
             let config = load_config(&config)?;
             let records = store::load(&config.tokens_file)?;
-            println!(
-                "{:<20} {:<12} {:<30} {:<21} {:<21} STATUS",
-                "NAME", "USER", "SCOPES", "CREATED", "EXPIRES"
-            );
-            for r in records
-                .iter()
-                .filter(|r| user.as_deref().is_none_or(|u| r.user == u))
-            {
-                let scopes = r
-                    .scopes
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(" ");
+            println!("{:<20} {:<12} {:<30} {:<21} {:<21} STATUS", "NAME", "USER", "SCOPES", "CREATED", "EXPIRES");
+            for r in records.iter().filter(|r| user.as_deref().is_none_or(|u| r.user == u)) {
+                let scopes = r.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(" ");
                 println!(
                     "{:<20} {:<12} {:<30} {:<21} {:<21} {}",
                     r.name,
@@ -302,19 +262,9 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
             let r = table.lookup(&token).context("no such token")?;
             println!("name:    {}", r.name);
             println!("user:    {}", r.user);
-            println!(
-                "scopes:  {}",
-                r.scopes
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
+            println!("scopes:  {}", r.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(" "));
             println!("status:  {}", r.status(now));
-            println!(
-                "expires: {}",
-                r.expires.map(format_time).unwrap_or_else(|| "never".into())
-            );
+            println!("expires: {}", r.expires.map(format_time).unwrap_or_else(|| "never".into()));
             if r.can_download() && Policy::check_token(r, now).is_ok() {
                 print_reach(&config, &r.user, None, r.channels.as_deref());
             }
@@ -323,18 +273,10 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_reach(
-    config: &Config,
-    user: &str,
-    channel: Option<&str>,
-    token_channels: Option<&[String]>,
-) {
+fn print_reach(config: &Config, user: &str, channel: Option<&str>, token_channels: Option<&[String]>) {
     let reach = policy::explain(config, user, channel, token_channels);
     if reach.is_empty() {
-        println!(
-            "{user} can reach no channel{}",
-            channel.map(|c| format!(" named {c}")).unwrap_or_default()
-        );
+        println!("{user} can reach no channel{}", channel.map(|c| format!(" named {c}")).unwrap_or_default());
     }
     for r in reach {
         println!("{} ({})", r.channel, r.access.name());
@@ -354,12 +296,7 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(serve(&config, listen))),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
-                println!(
-                    "{}: ok ({} channels, {} groups)",
-                    config.display(),
-                    c.channels.len(),
-                    c.groups.len()
-                );
+                println!("{}: ok ({} channels, {} groups)", config.display(), c.channels.len(), c.groups.len());
                 Ok(())
             }
             Err(e) => {
@@ -368,11 +305,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Token { command } => token_command(command),
-        Command::Explain {
-            config,
-            user,
-            channel,
-        } => load_config(&config).map(|c| print_reach(&c, &user, channel.as_deref(), None)),
+        Command::Explain { config, user, channel } => {
+            load_config(&config).map(|c| print_reach(&c, &user, channel.as_deref(), None))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,8 +41,7 @@ impl Metrics {
             self.duration_buckets[i].fetch_add(1, Relaxed);
         }
         self.duration_count.fetch_add(1, Relaxed);
-        self.duration_sum_us
-            .fetch_add((seconds * 1e6) as u64, Relaxed);
+        self.duration_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
     }
 
     /// Counts a refusal by its reason (reasons outside [`REFUSALS`] are not counted here).
@@ -63,69 +62,33 @@ impl Metrics {
     }
 
     /// Renders every counter, plus the gauges given.
-    pub fn render(
-        &self,
-        view_hits: u64,
-        view_misses: u64,
-        view_bytes: u64,
-        blocked_now: usize,
-    ) -> String {
+    pub fn render(&self, view_hits: u64, view_misses: u64, view_bytes: u64, blocked_now: usize) -> String {
         let mut s = String::with_capacity(2048);
         let _ = writeln!(s, "# TYPE condagate_requests_total counter");
         for (i, c) in self.by_class.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "condagate_requests_total{{class=\"{}xx\"}} {}",
-                i + 1,
-                c.load(Relaxed)
-            );
+            let _ = writeln!(s, "condagate_requests_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
         }
         let _ = writeln!(s, "# TYPE condagate_response_bytes_total counter");
-        let _ = writeln!(
-            s,
-            "condagate_response_bytes_total {}",
-            self.bytes.load(Relaxed)
-        );
+        let _ = writeln!(s, "condagate_response_bytes_total {}", self.bytes.load(Relaxed));
         let _ = writeln!(s, "# TYPE condagate_request_duration_seconds histogram");
         let mut cumulative = 0;
         for (b, c) in BUCKETS.iter().zip(&self.duration_buckets) {
             cumulative += c.load(Relaxed);
-            let _ = writeln!(
-                s,
-                "condagate_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
-            );
+            let _ = writeln!(s, "condagate_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
         }
         let count = self.duration_count.load(Relaxed);
-        let _ = writeln!(
-            s,
-            "condagate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            s,
-            "condagate_request_duration_seconds_sum {}",
-            self.duration_sum_us.load(Relaxed) as f64 / 1e6
-        );
+        let _ = writeln!(s, "condagate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ =
+            writeln!(s, "condagate_request_duration_seconds_sum {}", self.duration_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(s, "condagate_request_duration_seconds_count {count}");
         let _ = writeln!(s, "# TYPE condagate_upstream_errors_total counter");
-        let _ = writeln!(
-            s,
-            "condagate_upstream_errors_total {}",
-            self.upstream_errors.load(Relaxed)
-        );
+        let _ = writeln!(s, "condagate_upstream_errors_total {}", self.upstream_errors.load(Relaxed));
         let _ = writeln!(s, "# TYPE condagate_auth_refusals_total counter");
         for (r, c) in REFUSALS.iter().zip(&self.refusals) {
-            let _ = writeln!(
-                s,
-                "condagate_auth_refusals_total{{reason=\"{r}\"}} {}",
-                c.load(Relaxed)
-            );
+            let _ = writeln!(s, "condagate_auth_refusals_total{{reason=\"{r}\"}} {}", c.load(Relaxed));
         }
         let _ = writeln!(s, "# TYPE condagate_throttled_total counter");
-        let _ = writeln!(
-            s,
-            "condagate_throttled_total {}",
-            self.throttled.load(Relaxed)
-        );
+        let _ = writeln!(s, "condagate_throttled_total {}", self.throttled.load(Relaxed));
         let _ = writeln!(s, "# TYPE condagate_throttled_addresses gauge");
         let _ = writeln!(s, "condagate_throttled_addresses {blocked_now}");
         let _ = writeln!(s, "# TYPE condagate_view_cache_hits_total counter");

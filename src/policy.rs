@@ -24,8 +24,8 @@ pub struct Visible {
 
 impl Visible {
     fn new(patterns: Vec<String>) -> Self {
-        let packages = Packages::new(&patterns)
-            .expect("patterns were compiled once already when the config was checked");
+        let packages =
+            Packages::new(&patterns).expect("patterns were compiled once already when the config was checked");
         let mut h = Sha256::new();
         for p in &packages.patterns {
             h.update(p.as_bytes());
@@ -33,10 +33,7 @@ impl Visible {
         }
         let mut fingerprint = [0u8; 16];
         fingerprint.copy_from_slice(&h.finalize()[..16]);
-        Visible {
-            packages,
-            fingerprint,
-        }
+        Visible { packages, fingerprint }
     }
 
     /// Whether package `name` is visible.
@@ -112,11 +109,7 @@ pub struct Policy {
 fn union(config: &Config, channel: &str, user: &str, label: Option<&str>) -> (bool, Vec<String>) {
     let mut patterns = BTreeSet::new();
     let mut everything = false;
-    for g in config
-        .groups
-        .iter()
-        .filter(|g| g.channel == channel && g.members.iter().any(|m| m == user))
-    {
+    for g in config.groups.iter().filter(|g| g.channel == channel && g.members.iter().any(|m| m == user)) {
         let applies = match (&g.labels, label) {
             (None, _) => true,
             (Some(ls), Some(l)) => ls.iter().any(|x| x == l),
@@ -150,16 +143,15 @@ impl Policy {
                     .flat_map(|g| g.labels.iter().flatten().map(String::as_str))
                     .collect();
                 let mut grants = UserGrants::default();
-                let visible =
-                    |(everything, patterns): (bool, Vec<String>)| -> (bool, Option<Arc<Visible>>) {
-                        if everything {
-                            (true, None)
-                        } else if patterns.is_empty() {
-                            (false, None)
-                        } else {
-                            (false, Some(Arc::new(Visible::new(patterns))))
-                        }
-                    };
+                let visible = |(everything, patterns): (bool, Vec<String>)| -> (bool, Option<Arc<Visible>>) {
+                    if everything {
+                        (true, None)
+                    } else if patterns.is_empty() {
+                        (false, None)
+                    } else {
+                        (false, Some(Arc::new(Visible::new(patterns))))
+                    }
+                };
                 for l in labels {
                     let (full, v) = visible(union(config, &c.name, user, Some(l)));
                     if full {
@@ -174,11 +166,7 @@ impl Policy {
             }
             channels.insert(
                 c.name.clone(),
-                ChannelPolicy {
-                    access: c.access,
-                    owners: c.owners.iter().cloned().collect(),
-                    members,
-                },
+                ChannelPolicy { access: c.access, owners: c.owners.iter().cloned().collect(), members },
             );
         }
         Policy { channels }
@@ -195,12 +183,7 @@ impl Policy {
 
     /// Decides what `who` (an already checked, active token, or `None` for anonymous) may see of `channel`'s `label`
     /// (`main` for the root).
-    pub fn authorize(
-        &self,
-        channel: &str,
-        label: &str,
-        who: Option<&TokenRecord>,
-    ) -> Result<View, Denied> {
+    pub fn authorize(&self, channel: &str, label: &str, who: Option<&TokenRecord>) -> Result<View, Denied> {
         let c = self.channels.get(channel).ok_or(Denied::UnknownChannel)?;
         if c.access == Access::Public {
             return Ok(View::Full);
@@ -248,55 +231,31 @@ pub fn explain(
     token_channels: Option<&[String]>,
 ) -> Vec<Reach> {
     let mut out = Vec::new();
-    for c in config
-        .channels
-        .iter()
-        .filter(|c| only_channel.is_none_or(|o| o == c.name))
-    {
-        if c.access != Access::Public
-            && token_channels.is_some_and(|tc| !tc.iter().any(|x| *x == c.name))
-        {
+    for c in config.channels.iter().filter(|c| only_channel.is_none_or(|o| o == c.name)) {
+        if c.access != Access::Public && token_channels.is_some_and(|tc| !tc.contains(&c.name)) {
             continue;
         }
         let mut reasons = Vec::new();
         match c.access {
             Access::Public => reasons.push("public channel: every package and label".to_owned()),
-            Access::Authenticated => {
-                reasons.push("authenticated channel: every package and label".to_owned())
-            }
+            Access::Authenticated => reasons.push("authenticated channel: every package and label".to_owned()),
             Access::Private if c.owners.iter().any(|o| o == user) => {
                 reasons.push("owner: every package and label".to_owned())
             }
             Access::Private => {
                 let mut by_group: BTreeMap<&str, String> = BTreeMap::new();
-                for g in config
-                    .groups
-                    .iter()
-                    .filter(|g| g.channel == c.name && g.members.iter().any(|m| m == user))
-                {
-                    let labels = g
-                        .labels
-                        .as_ref()
-                        .map(|l| l.join(", "))
-                        .unwrap_or_else(|| "all labels".to_owned());
+                for g in config.groups.iter().filter(|g| g.channel == c.name && g.members.iter().any(|m| m == user)) {
+                    let labels = g.labels.as_ref().map(|l| l.join(", ")).unwrap_or_else(|| "all labels".to_owned());
                     by_group.insert(
                         &g.name,
-                        format!(
-                            "group {}: packages {} on {labels}",
-                            g.name,
-                            g.packages.patterns.join(", ")
-                        ),
+                        format!("group {}: packages {} on {labels}", g.name, g.packages.patterns.join(", ")),
                     );
                 }
                 reasons.extend(by_group.into_values());
             }
         }
         if !reasons.is_empty() {
-            out.push(Reach {
-                channel: c.name.clone(),
-                access: c.access,
-                reasons,
-            });
+            out.push(Reach { channel: c.name.clone(), access: c.access, reasons });
         }
     }
     out
@@ -371,49 +330,19 @@ labels = ["main"]
         let (_, p) = policy();
         let dl = [Scope::CondaDownload];
         assert!(matches!(p.authorize("pub", "main", None), Ok(View::Full)));
+        assert_eq!(p.authorize("nope", "main", None).unwrap_err(), Denied::UnknownChannel);
+        assert_eq!(p.authorize("auth", "main", None).unwrap_err(), Denied::NoCredentials);
+        assert!(matches!(p.authorize("auth", "main", Some(&token("zed", &dl))), Ok(View::Full)));
         assert_eq!(
-            p.authorize("nope", "main", None).unwrap_err(),
-            Denied::UnknownChannel
-        );
-        assert_eq!(
-            p.authorize("auth", "main", None).unwrap_err(),
-            Denied::NoCredentials
-        );
-        assert!(matches!(
-            p.authorize("auth", "main", Some(&token("zed", &dl))),
-            Ok(View::Full)
-        ));
-        assert_eq!(
-            p.authorize("auth", "main", Some(&token("zed", &[Scope::Api])))
-                .unwrap_err(),
+            p.authorize("auth", "main", Some(&token("zed", &[Scope::Api]))).unwrap_err(),
             Denied::NoDownloadScope
         );
-        assert_eq!(
-            p.authorize("priv", "main", Some(&token("zed", &dl)))
-                .unwrap_err(),
-            Denied::NotAllowed
-        );
-        assert!(matches!(
-            p.authorize("priv", "dev", Some(&token("alice", &dl))),
-            Ok(View::Full)
-        ));
-        assert_eq!(
-            visible(&p.authorize("priv", "main", Some(&token("bob", &dl)))),
-            ["alpha", "beta*"]
-        );
-        assert_eq!(
-            visible(&p.authorize("priv", "dev", Some(&token("bob", &dl)))),
-            ["alpha", "beta*", "gamma"]
-        );
-        assert!(matches!(
-            p.authorize("priv", "main", Some(&token("dave", &dl))),
-            Ok(View::Full)
-        ));
-        assert_eq!(
-            p.authorize("priv", "dev", Some(&token("dave", &dl)))
-                .unwrap_err(),
-            Denied::NotAllowed
-        );
+        assert_eq!(p.authorize("priv", "main", Some(&token("zed", &dl))).unwrap_err(), Denied::NotAllowed);
+        assert!(matches!(p.authorize("priv", "dev", Some(&token("alice", &dl))), Ok(View::Full)));
+        assert_eq!(visible(&p.authorize("priv", "main", Some(&token("bob", &dl)))), ["alpha", "beta*"]);
+        assert_eq!(visible(&p.authorize("priv", "dev", Some(&token("bob", &dl)))), ["alpha", "beta*", "gamma"]);
+        assert!(matches!(p.authorize("priv", "main", Some(&token("dave", &dl))), Ok(View::Full)));
+        assert_eq!(p.authorize("priv", "dev", Some(&token("dave", &dl))).unwrap_err(), Denied::NotAllowed);
     }
 
     #[test]
@@ -437,10 +366,7 @@ labels = ["main"]
         let (_, p) = policy();
         let mut t = token("alice", &[Scope::All]);
         t.channels = Some(vec!["auth".into()]);
-        assert_eq!(
-            p.authorize("priv", "main", Some(&t)).unwrap_err(),
-            Denied::NotAllowed
-        );
+        assert_eq!(p.authorize("priv", "main", Some(&t)).unwrap_err(), Denied::NotAllowed);
         assert!(p.authorize("auth", "main", Some(&t)).is_ok());
     }
 
@@ -451,15 +377,9 @@ labels = ["main"]
         let priv_reach = r.iter().find(|r| r.channel == "priv").unwrap();
         assert_eq!(
             priv_reach.reasons,
-            [
-                "group devs: packages gamma on dev",
-                "group eng: packages alpha, beta* on all labels"
-            ]
+            ["group devs: packages gamma on dev", "group eng: packages alpha, beta* on all labels"]
         );
         assert!(explain(&cfg, "zed", Some("priv"), None).is_empty());
-        assert_eq!(
-            explain(&cfg, "alice", Some("priv"), None)[0].reasons,
-            ["owner: every package and label"]
-        );
+        assert_eq!(explain(&cfg, "alice", Some("priv"), None)[0].reasons, ["owner: every package and label"]);
     }
 }

@@ -59,9 +59,7 @@ impl FileKind {
     /// The `Content-Type` condagate sends for this kind.
     pub fn content_type(&self) -> &'static str {
         match self {
-            FileKind::RepodataJson | FileKind::CurrentRepodata | FileKind::Notices => {
-                "application/json"
-            }
+            FileKind::RepodataJson | FileKind::CurrentRepodata | FileKind::Notices => "application/json",
             FileKind::RepodataZst | FileKind::ShardIndex | FileKind::Shard(_) => "application/zstd",
             FileKind::RepodataBz2 => "application/x-bzip2",
             FileKind::Package(p) if p.is_conda() => "application/octet-stream",
@@ -80,14 +78,9 @@ pub struct PackageFile {
 impl PackageFile {
     /// Parses `<name>-<version>-<build>.tar.bz2` or `.conda`. Version and build hold no `-`; the name may.
     pub fn parse(filename: &str) -> Option<Self> {
-        let stem = filename
-            .strip_suffix(".tar.bz2")
-            .or_else(|| filename.strip_suffix(".conda"))?;
+        let stem = filename.strip_suffix(".tar.bz2").or_else(|| filename.strip_suffix(".conda"))?;
         let name_len = package_name_len(stem)?;
-        Some(PackageFile {
-            filename: filename.to_owned(),
-            name_len,
-        })
+        Some(PackageFile { filename: filename.to_owned(), name_len })
     }
 
     /// The package name.
@@ -206,16 +199,8 @@ fn decode_segment(raw: &str) -> Result<String, RouteError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hi = bytes
-                .get(i + 1)
-                .copied()
-                .and_then(hex_val)
-                .ok_or(RouteError::BadPath)?;
-            let lo = bytes
-                .get(i + 2)
-                .copied()
-                .and_then(hex_val)
-                .ok_or(RouteError::BadPath)?;
+            let hi = bytes.get(i + 1).copied().and_then(hex_val).ok_or(RouteError::BadPath)?;
+            let lo = bytes.get(i + 2).copied().and_then(hex_val).ok_or(RouteError::BadPath)?;
             out.push(hi << 4 | lo);
             i += 3;
         } else {
@@ -236,10 +221,7 @@ fn decode_segment(raw: &str) -> Result<String, RouteError> {
 fn valid_subdir(s: &str) -> bool {
     s.len() <= 64
         && s.split('-').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         })
 }
 
@@ -307,13 +289,10 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
         rest = &rest[2..];
     }
     let file = match rest {
-        [subdir, file] if valid_subdir(subdir) => {
-            (subdir, file_kind(file).ok_or(RouteError::NotServed)?)
+        [subdir, file] if valid_subdir(subdir) => (subdir, file_kind(file).ok_or(RouteError::NotServed)?),
+        [subdir, shards, file] if valid_subdir(subdir) && shards == "shards" => {
+            (subdir, FileKind::Shard(parse_shard_name(file).ok_or(RouteError::NotServed)?))
         }
-        [subdir, shards, file] if valid_subdir(subdir) && shards == "shards" => (
-            subdir,
-            FileKind::Shard(parse_shard_name(file).ok_or(RouteError::NotServed)?),
-        ),
         _ => return Err(RouteError::NotServed),
     };
     Ok(Route::Channel(ChannelPath {
@@ -326,19 +305,25 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
 }
 
 /// The path with any `/t/<TOKEN>` segment replaced by `/t/<redacted>`, for logs and spans. Works on raw, unparsed
-/// paths, so even a refused request is logged without its token.
-pub fn redact_path(path: &str, base_path: &str) -> String {
-    let (prefix, rest) = match path.strip_prefix(base_path) {
-        Some(rest) if !base_path.is_empty() => (base_path, rest),
-        _ => ("", path),
-    };
-    match rest.strip_prefix("/t/") {
-        Some(after) => {
-            let tail = after.find('/').map(|i| &after[i..]).unwrap_or("");
-            format!("{prefix}/t/<redacted>{tail}")
+/// paths, so even a refused request is logged without its token: the segment after *every* `t` segment is redacted,
+/// wherever it stands (a client configured with the wrong base path, a token repeated, `%74` that the router decodes
+/// to `t`), not only after `base_path`. Over-redacting a path that merely has a `t` segment is the safe mistake.
+pub fn redact_path(path: &str, _base_path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 8);
+    let mut redact_next = false;
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
         }
-        None => path.to_owned(),
+        if redact_next {
+            out.push_str("<redacted>");
+            redact_next = false;
+            continue;
+        }
+        out.push_str(seg);
+        redact_next = i > 0 && (seg == "t" || seg == "%74");
     }
+    out
 }
 
 #[cfg(test)]
@@ -376,15 +361,8 @@ mod tests {
         assert_eq!(p.name(), "beta-utils");
         assert!(p.is_conda());
         assert_eq!(PackageFile::parse("x-1-0.tar.bz2").unwrap().name(), "x");
-        for bad in [
-            "nodash.conda",
-            "a-1.conda",
-            "-1-0.conda",
-            "a--0.conda",
-            "a-1-.conda",
-            "a-1-0.zip",
-            "a-1-0.tar.gz",
-        ] {
+        for bad in ["nodash.conda", "a-1.conda", "-1-0.conda", "a--0.conda", "a-1-.conda", "a-1-0.zip", "a-1-0.tar.gz"]
+        {
             assert!(PackageFile::parse(bad).is_none(), "{bad}");
         }
         assert_eq!(package_name_of_key("py-lib-2.0-h1_0"), Some("py-lib"));
@@ -396,28 +374,15 @@ mod tests {
         let h = "ab".repeat(32);
         let c = chan(&format!("/c/noarch/shards/{h}.msgpack.zst"));
         assert_eq!(c.file, FileKind::Shard([0xab; 32]));
-        assert!(parse(
-            &format!("/c/noarch/shards/{}.msgpack.zst", h.to_uppercase()),
-            ""
-        )
-        .is_err());
+        assert!(parse(&format!("/c/noarch/shards/{}.msgpack.zst", h.to_uppercase()), "").is_err());
         assert!(parse("/c/noarch/shards/abc.msgpack.zst", "").is_err());
     }
 
     #[test]
     fn base_path_is_required_when_set() {
-        assert!(matches!(
-            parse("/conda/t/xx/c/noarch/repodata.json", "/conda"),
-            Ok(Route::Channel(_))
-        ));
-        assert_eq!(
-            parse("/t/xx/c/noarch/repodata.json", "/conda"),
-            Err(RouteError::NotServed)
-        );
-        assert_eq!(
-            parse("/condax/c/noarch/repodata.json", "/conda"),
-            Err(RouteError::NotServed)
-        );
+        assert!(matches!(parse("/conda/t/xx/c/noarch/repodata.json", "/conda"), Ok(Route::Channel(_))));
+        assert_eq!(parse("/t/xx/c/noarch/repodata.json", "/conda"), Err(RouteError::NotServed));
+        assert_eq!(parse("/condax/c/noarch/repodata.json", "/conda"), Err(RouteError::NotServed));
     }
 
     #[test]
@@ -454,15 +419,22 @@ mod tests {
 
     #[test]
     fn redaction_hides_the_token_only() {
-        assert_eq!(
-            redact_path("/t/cg-secret/c/noarch/x", ""),
-            "/t/<redacted>/c/noarch/x"
-        );
-        assert_eq!(
-            redact_path("/conda/t/cg-secret/c", "/conda"),
-            "/conda/t/<redacted>/c"
-        );
+        assert_eq!(redact_path("/t/cg-secret/c/noarch/x", ""), "/t/<redacted>/c/noarch/x");
+        assert_eq!(redact_path("/conda/t/cg-secret/c", "/conda"), "/conda/t/<redacted>/c");
         assert_eq!(redact_path("/t/cg-secret", ""), "/t/<redacted>");
         assert_eq!(redact_path("/c/noarch/x", ""), "/c/noarch/x");
+    }
+
+    #[test]
+    fn redaction_finds_tokens_anywhere() {
+        assert_eq!(redact_path("/conda/t/cg-secret/c/noarch/x", ""), "/conda/t/<redacted>/c/noarch/x");
+        assert_eq!(redact_path("/t/cg-a/t/cg-b/c", ""), "/t/<redacted>/t/<redacted>/c");
+        assert_eq!(redact_path("/%74/cg-secret/c", ""), "/%74/<redacted>/c");
+        assert_eq!(redact_path("/api/t/cg-secret", ""), "/api/t/<redacted>");
+        assert_eq!(redact_path("/t/", ""), "/t/<redacted>");
+        assert!(matches!(
+            parse("/%74/cg-secret/c/noarch/repodata.json", ""),
+            Ok(Route::Channel(ChannelPath { token: Some(Ok(_)), .. }))
+        ));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,20 +26,51 @@ use tracing::Instrument;
 
 use crate::app::{App, Snapshot};
 use crate::body::{full, Body, BoxError};
-use crate::config::{Access, Config};
+use crate::config::{Access, Config, IpNet};
 use crate::error::{Blame, Error};
 use crate::policy::{Denied, Policy, View};
 use crate::route::{self, ChannelPath, FileKind, Route, RouteError};
 use crate::token::Token;
 
+/// Longest request target (path and query) condagate reads; longer ones get 414.
+pub const MAX_URI: usize = 8192;
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last `X-Forwarded-For` hop that is not.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if !trusted.iter().any(|n| n.contains(peer)) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|h| h.trim().parse::<IpAddr>().ok())
+        .collect();
+    let mut ip = peer;
+    for hop in hops.iter().rev() {
+        ip = *hop;
+        if !trusted.iter().any(|n| n.contains(ip)) {
+            break;
+        }
+    }
+    ip
+}
+
 /// What the access log line of a request says beyond the basics, filled in as the request goes through the stages.
 #[derive(Debug, Default)]
 struct Outcome {
+    client: Option<IpAddr>,
     channel: Option<String>,
+    label: Option<String>,
+    subdir: Option<String>,
+    file: Option<String>,
     package: Option<String>,
     token_name: Option<String>,
     user: Option<String>,
     reason: Option<&'static str>,
+    upstream_status: Option<u16>,
+    upstream_ms: Option<f64>,
 }
 
 /// Reads the token from the `Authorization` header: `Bearer <T>`, `token <T>`, or `Basic` with the token as the
@@ -55,14 +86,10 @@ pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
         return Token::parse(rest).map(Some).map_err(|_| Denied::Malformed);
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .map_err(|_| Denied::Malformed)?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| Denied::Malformed)?;
         let text = std::str::from_utf8(&decoded).map_err(|_| Denied::Malformed)?;
         let (_, password) = text.split_once(':').ok_or(Denied::Malformed)?;
-        return Token::parse(password)
-            .map(Some)
-            .map_err(|_| Denied::Malformed);
+        return Token::parse(password).map(Some).map_err(|_| Denied::Malformed);
     }
     Err(Denied::Malformed)
 }
@@ -90,6 +117,9 @@ async fn channel_file(
         return Err(Error::MethodNotAllowed("GET, HEAD"));
     }
     out.channel = Some(path.channel.clone());
+    out.label = Some(path.label_name().to_owned());
+    out.subdir = path.subdir.clone();
+    out.file = path.upstream_path().rsplit('/').next().map(str::to_owned);
     if let FileKind::Package(p) = &path.file {
         out.package = Some(p.name().to_owned());
     }
@@ -121,56 +151,29 @@ async fn channel_file(
             }
         }
     };
-    let view = snap
-        .policy
-        .authorize(&path.channel, path.label_name(), record.as_deref())?;
+    let view = snap.policy.authorize(&path.channel, path.label_name(), record.as_deref())?;
     let channel = snap.config.channel(&path.channel).ok_or(Error::NotFound)?;
     let from_header = path.token.is_none() && record.is_some();
 
     let mut resp = match &path.file {
         FileKind::Package(p) if !view.allows(p.name()) => return Err(Error::NotFound),
         FileKind::Shard(hash) => {
-            if !app
-                .views
-                .shard_visible(&app.upstreams, channel, &path, &view, hash)
-                .await?
-            {
+            if !app.views.shard_visible(&app.upstreams, channel, &path, &view, hash).await? {
                 return Err(Error::NotFound);
             }
             None
         }
         k if k.is_repodata() => {
-            app.views
-                .serve(
-                    &app.upstreams,
-                    channel,
-                    &path,
-                    &view,
-                    req.method(),
-                    req.headers(),
-                )
-                .await?
+            app.views.serve(&app.upstreams, channel, &path, &view, req.method(), req.headers()).await?
         }
         _ => None,
     };
     if resp.is_none() {
-        resp = Some(
-            app.upstreams
-                .serve(
-                    &channel.source,
-                    &path.upstream_path(),
-                    req.method(),
-                    req.headers(),
-                )
-                .await?,
-        );
+        resp = Some(app.upstreams.serve(&channel.source, &path.upstream_path(), req.method(), req.headers()).await?);
     }
     let mut resp = resp.ok_or_else(|| Error::Internal("no response".into()))?;
     let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(path.file.content_type()),
-    );
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(path.file.content_type()));
     let max_age = snap.config.server.repodata_max_age.as_secs();
     if let Some(cc) = cache_control(&path.file, channel.access, &view, max_age) {
         if let Ok(v) = HeaderValue::try_from(cc) {
@@ -186,8 +189,7 @@ async fn channel_file(
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -198,34 +200,24 @@ async fn dispatch(
     peer: SocketAddr,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Error> {
-    let route =
-        route::parse(req.uri().path(), &snap.config.server.base_path).map_err(|e| match e {
-            RouteError::BadPath => Error::BadPath,
-            RouteError::NotServed => Error::NotFound,
-        })?;
+    let route = route::parse(req.uri().path(), &snap.config.server.base_path).map_err(|e| match e {
+        RouteError::BadPath => Error::BadPath,
+        RouteError::NotServed => Error::NotFound,
+    })?;
     match route {
         Route::Channel(path) => channel_file(app, snap, &req, peer, path, out).await,
         Route::Health => {
             let (status, body) = match app.reload_error() {
                 None => (StatusCode::OK, serde_json::json!({"status": "ok"})),
-                Some(e) => (
-                    StatusCode::OK,
-                    serde_json::json!({"status": "degraded", "last_reload_error": e}),
-                ),
+                Some(e) => (StatusCode::OK, serde_json::json!({"status": "degraded", "last_reload_error": e})),
             };
             Ok(text(status, "application/json", body.to_string()))
         }
         Route::Ready => match app.reload_error() {
-            None => Ok(text(
-                StatusCode::OK,
-                "application/json",
-                "{\"status\":\"ready\"}".into(),
-            )),
-            Some(_) => Ok(text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "application/json",
-                "{\"status\":\"reload failed\"}".into(),
-            )),
+            None => Ok(text(StatusCode::OK, "application/json", "{\"status\":\"ready\"}".into())),
+            Some(_) => {
+                Ok(text(StatusCode::SERVICE_UNAVAILABLE, "application/json", "{\"status\":\"reload failed\"}".into()))
+            }
         },
         Route::Metrics => {
             let body = app.metrics.render(
@@ -236,8 +228,14 @@ async fn dispatch(
             );
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
-        // The admin API is not built yet: it is "not found" like any other unknown path.
-        Route::Api(_) => Err(Error::NotFound),
+        Route::Api(segments) => {
+            let (resp, who) = crate::api::handle(app, snap, req, peer, segments).await;
+            if let Some(w) = who {
+                out.token_name = Some(w.name.clone());
+                out.user = Some(w.user.clone());
+            }
+            Ok(resp)
+        }
     }
 }
 
@@ -247,11 +245,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let started = Instant::now();
     let snap = app.snapshot();
     let path = route::redact_path(req.uri().path(), &snap.config.server.base_path);
-    let span = tracing::info_span!("request", method = %req.method(), %path, client = %peer.ip());
+    let span = tracing::info_span!("request", method = %req.method(), %path, peer = %peer.ip());
     let mut out = Outcome::default();
-    let result = dispatch(&app, &snap, req, peer, &mut out)
-        .instrument(span.clone())
-        .await;
+    let result = dispatch(&app, &snap, req, peer, &mut out).instrument(span.clone()).await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -294,9 +290,7 @@ struct AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        self.app
-            .metrics
-            .response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
+        self.app.metrics.response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
         let o = &self.outcome;
         self.span.in_scope(|| {
             tracing::info!(
@@ -305,11 +299,17 @@ impl Drop for AccessLog {
                 bytes = self.bytes,
                 complete = self.finished,
                 duration_ms = elapsed.as_secs_f64() * 1e3,
+                client = o.client.map(tracing::field::display),
                 channel = o.channel.as_deref(),
+                label = o.label.as_deref(),
+                subdir = o.subdir.as_deref(),
+                file = o.file.as_deref(),
                 package = o.package.as_deref(),
                 token_name = o.token_name.as_deref(),
                 user = o.user.as_deref(),
                 reason = o.reason,
+                upstream_status = o.upstream_status,
+                upstream_ms = o.upstream_ms,
                 "access"
             )
         });
@@ -326,10 +326,7 @@ impl HttpBody for Metered {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -364,9 +361,7 @@ pub struct Server {
 impl Server {
     /// Builds the state from a checked configuration.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        Ok(Server {
-            app: Arc::new(App::new(config)?),
-        })
+        Ok(Server { app: Arc::new(App::new(config)?) })
     }
 
     /// The shared state, for reloads and inspection.
@@ -376,11 +371,7 @@ impl Server {
 
     /// Serves connections from `listener` until `shutdown` resolves, then stops accepting and gives in-flight
     /// requests up to `server.shutdown_grace` to finish.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let app = self.app;
         let cfg = app.snapshot().config.clone();
         let watcher = tokio::spawn(watch_tokens(Arc::clone(&app), cfg.tokens_watch_interval));
@@ -390,11 +381,10 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.server.header_read_timeout)
             .max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(256);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let acceptor = app.tls.as_ref().map(|store| tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config())));
+        let handshake_timeout = cfg.server.header_read_timeout;
         let slots = Arc::new(Semaphore::new(cfg.server.max_connections));
         tokio::pin!(shutdown);
         loop {
@@ -422,12 +412,25 @@ impl Server {
                 let app = Arc::clone(&app);
                 async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
             });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let _ = conn.await;
+                match acceptor {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                        let _ = watcher.watch(conn).await;
+                    }
+                    Some(acceptor) => {
+                        // The handshake gets the same deadline as a request head, so a silent client cannot hold
+                        // a connection slot.
+                        let Ok(Ok(tls)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await else {
+                            return;
+                        };
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
+                        let _ = watcher.watch(conn).await;
+                    }
+                }
                 drop(permit);
             });
         }
@@ -442,22 +445,24 @@ impl Server {
     }
 }
 
-/// Polls the tokens file and reloads it when it changes.
+/// Polls the tokens file (and the TLS certificate files) and reloads them when they change.
 async fn watch_tokens(app: Arc<App>, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let app2 = Arc::clone(&app);
-        let _ = tokio::task::spawn_blocking(move || app2.reload_tokens_if_changed()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = app2.reload_tokens_if_changed();
+            if let Some(tls) = &app2.tls {
+                let _ = tls.reload_if_changed();
+            }
+        })
+        .await;
     }
 }
 
 /// Serves `config` on `listener` until `shutdown` resolves. The one entry point `main` and the tests share.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     Server::new(config)?.run(listener, shutdown).await
 }

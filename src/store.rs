@@ -145,27 +145,17 @@ fn parse_time(path: &Path, key: &str, value: &str) -> Result<OffsetDateTime, Sto
 
 /// Formats a time the way the tokens file and the CLI show it.
 pub fn format_time(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 fn from_raw(path: &Path, index: usize, raw: RawRecord) -> Result<TokenRecord, StoreError> {
     let key = |field: &str| format!("token[{index}].{field}");
-    let invalid = |message: String| StoreError::Invalid {
-        path: path.to_owned(),
-        message,
-    };
-    let digest = raw
-        .digest
-        .parse::<Digest>()
-        .map_err(|e| invalid(format!("{}: {e}", key("digest"))))?;
+    let invalid = |message: String| StoreError::Invalid { path: path.to_owned(), message };
+    let digest = raw.digest.parse::<Digest>().map_err(|e| invalid(format!("{}: {e}", key("digest"))))?;
     let scopes = raw
         .scopes
         .iter()
-        .map(|s| {
-            s.parse::<Scope>()
-                .map_err(|e| invalid(format!("{}: {e}", key("scopes"))))
-        })
+        .map(|s| s.parse::<Scope>().map_err(|e| invalid(format!("{}: {e}", key("scopes")))))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(TokenRecord {
         name: raw.name,
@@ -173,16 +163,8 @@ fn from_raw(path: &Path, index: usize, raw: RawRecord) -> Result<TokenRecord, St
         digest,
         scopes,
         created: parse_time(path, &key("created"), &raw.created)?,
-        expires: raw
-            .expires
-            .as_deref()
-            .map(|v| parse_time(path, &key("expires"), v))
-            .transpose()?,
-        revoked: raw
-            .revoked
-            .as_deref()
-            .map(|v| parse_time(path, &key("revoked"), v))
-            .transpose()?,
+        expires: raw.expires.as_deref().map(|v| parse_time(path, &key("expires"), v)).transpose()?,
+        revoked: raw.revoked.as_deref().map(|v| parse_time(path, &key("revoked"), v)).transpose()?,
         channels: raw.channels,
     })
 }
@@ -205,21 +187,14 @@ pub fn load(path: &Path) -> Result<Vec<TokenRecord>, StoreError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
+        Err(source) => return Err(StoreError::Io { path: path.to_owned(), source }),
     };
     parse(path, &text)
 }
 
 fn parse(path: &Path, text: &str) -> Result<Vec<TokenRecord>, StoreError> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| StoreError::Invalid {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| StoreError::Invalid { path: path.to_owned(), message: e.to_string() })?;
     let mut seen = HashMap::new();
     let mut out = Vec::with_capacity(raw.tokens.len());
     for (i, r) in raw.tokens.into_iter().enumerate() {
@@ -236,13 +211,9 @@ fn parse(path: &Path, text: &str) -> Result<Vec<TokenRecord>, StoreError> {
 }
 
 fn render(records: &[TokenRecord]) -> Result<String, StoreError> {
-    let raw = RawFile {
-        tokens: records.iter().map(to_raw).collect(),
-    };
+    let raw = RawFile { tokens: records.iter().map(to_raw).collect() };
     let body = toml::to_string_pretty(&raw).map_err(|e| StoreError::Refused(e.to_string()))?;
-    Ok(format!(
-        "# condagate tokens. Only SHA-256 digests of the secrets are stored here.\n\n{body}"
-    ))
+    Ok(format!("# condagate tokens. Only SHA-256 digests of the secrets are stored here.\n\n{body}"))
 }
 
 /// Runs `change` on the file's records under an exclusive lock and writes the result back atomically (temporary
@@ -252,22 +223,11 @@ pub fn update<T>(
     path: &Path,
     change: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let io = |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let io = |source| StoreError::Io { path: path.to_owned(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
     let lock_path = lock_path(path);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io)?;
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io)?;
     lock.lock_exclusive().map_err(io)?;
 
     let mut records = load(path)?;
@@ -292,10 +252,7 @@ pub fn update<T>(
 }
 
 fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".lock");
     path.with_file_name(name)
 }
@@ -336,36 +293,21 @@ mod tests {
         let back = load(&path).unwrap();
         assert_eq!(back, vec![record("ci", "cg-secretvalue1")]);
         let table = TokenTable::new(back);
-        assert!(table
-            .lookup(&Token::parse("cg-secretvalue1").unwrap())
-            .is_some());
-        assert!(table
-            .lookup(&Token::parse("cg-secretvalue2").unwrap())
-            .is_none());
+        assert!(table.lookup(&Token::parse("cg-secretvalue1").unwrap()).is_some());
+        assert!(table.lookup(&Token::parse("cg-secretvalue2").unwrap()).is_none());
     }
 
     #[test]
     fn a_bad_file_names_the_key() {
         let p = Path::new("t.toml");
-        let err = parse(
-            p,
-            "[[token]]\nname='a'\nuser='b'\ndigest='sha256:00'\nscopes=[]\ncreated='x'\n",
-        )
-        .unwrap_err();
+        let err = parse(p, "[[token]]\nname='a'\nuser='b'\ndigest='sha256:00'\nscopes=[]\ncreated='x'\n").unwrap_err();
         assert!(err.to_string().contains("token[0].digest"), "{err}");
         let d = record("a", "cg-zz").digest.to_stored();
-        let text = format!("[[token]]\nname='a'\nuser='b'\ndigest='{d}'\nscopes=['bogus']\ncreated='2020-01-01T00:00:00Z'\n");
-        assert!(parse(p, &text)
-            .unwrap_err()
-            .to_string()
-            .contains("token[0].scopes"));
-        let text = format!(
-            "[[token]]\nname='a'\nuser='b'\ndigest='{d}'\nscopes=[]\ncreated='yesterday'\n"
-        );
-        assert!(parse(p, &text)
-            .unwrap_err()
-            .to_string()
-            .contains("token[0].created"));
+        let text =
+            format!("[[token]]\nname='a'\nuser='b'\ndigest='{d}'\nscopes=['bogus']\ncreated='2020-01-01T00:00:00Z'\n");
+        assert!(parse(p, &text).unwrap_err().to_string().contains("token[0].scopes"));
+        let text = format!("[[token]]\nname='a'\nuser='b'\ndigest='{d}'\nscopes=[]\ncreated='yesterday'\n");
+        assert!(parse(p, &text).unwrap_err().to_string().contains("token[0].created"));
     }
 
     #[test]

@@ -32,16 +32,16 @@ pub struct Throttle {
 
 impl Default for Throttle {
     fn default() -> Self {
-        Throttle {
-            entries: DashMap::new(),
-            max_failures: 20,
-            window: Duration::from_secs(60),
-            cooldown: Duration::from_secs(60),
-        }
+        Throttle::new(20, Duration::from_secs(60), Duration::from_secs(60))
     }
 }
 
 impl Throttle {
+    /// `max_failures` per `window` per address, then `cooldown` of 429s.
+    pub fn new(max_failures: u32, window: Duration, cooldown: Duration) -> Self {
+        Throttle { entries: DashMap::new(), max_failures, window, cooldown }
+    }
+
     /// If `addr` is cooling down, the seconds left.
     pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
         let e = self.entries.get(&addr)?;
@@ -53,18 +53,13 @@ impl Throttle {
     pub fn failure(&self, addr: IpAddr, now: Instant) -> bool {
         if self.entries.len() >= MAX_TRACKED && !self.entries.contains_key(&addr) {
             self.entries.retain(|_, e| {
-                now.duration_since(e.window_start) < self.window
-                    || e.blocked_until.is_some_and(|u| u > now)
+                now.duration_since(e.window_start) < self.window || e.blocked_until.is_some_and(|u| u > now)
             });
             if self.entries.len() >= MAX_TRACKED {
                 return false;
             }
         }
-        let mut e = self.entries.entry(addr).or_insert(Entry {
-            window_start: now,
-            failures: 0,
-            blocked_until: None,
-        });
+        let mut e = self.entries.entry(addr).or_insert(Entry { window_start: now, failures: 0, blocked_until: None });
         if now.duration_since(e.window_start) >= self.window {
             e.window_start = now;
             e.failures = 0;
@@ -81,10 +76,7 @@ impl Throttle {
 
     /// Addresses currently cooling down.
     pub fn blocked_count(&self, now: Instant) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| e.blocked_until.is_some_and(|u| u > now))
-            .count()
+        self.entries.iter().filter(|e| e.blocked_until.is_some_and(|u| u > now)).count()
     }
 }
 
@@ -114,10 +106,7 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let now = Instant::now();
         for i in 0..100u64 {
-            assert!(
-                !t.failure(a, now + Duration::from_secs(i * 4)),
-                "failure {i}"
-            );
+            assert!(!t.failure(a, now + Duration::from_secs(i * 4)), "failure {i}");
         }
     }
 }

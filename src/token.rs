@@ -83,10 +83,7 @@ fn base62(bytes: &[u8]) -> String {
             carry = v / 62;
         }
     }
-    digits
-        .iter()
-        .map(|&d| ALPHABET[d as usize] as char)
-        .collect()
+    digits.iter().map(|&d| ALPHABET[d as usize] as char).collect()
 }
 
 /// SHA-256 of a token. The only form in which tokens are stored.
@@ -103,9 +100,7 @@ impl Digest {
 impl FromStr for Digest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex_part = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| format!("{s:?} does not start with \"sha256:\""))?;
+        let hex_part = s.strip_prefix("sha256:").ok_or_else(|| format!("{s:?} does not start with \"sha256:\""))?;
         let mut out = [0u8; 32];
         hex::decode_to_slice(hex_part, &mut out)
             .map_err(|_| format!("{s:?} is not \"sha256:\" followed by 64 hex digits"))?;
@@ -148,69 +143,26 @@ pub enum Scope {
 impl Scope {
     /// Every scope with its name and a description, in the order `anaconda auth --list-scopes` shows them.
     pub const ALL: [(Scope, &'static str, &'static str); 10] = [
-        (
-            Scope::All,
-            "all",
-            "Everything: downloads and the whole admin API",
-        ),
-        (
-            Scope::Repos,
-            "repos",
-            "Download from every package repository",
-        ),
+        (Scope::All, "all", "Everything: downloads and the whole admin API"),
+        (Scope::Repos, "repos", "Download from every package repository"),
         (Scope::Conda, "conda", "Download conda packages"),
-        (
-            Scope::CondaDownload,
-            "conda:download",
-            "Download conda packages",
-        ),
-        (
-            Scope::Api,
-            "api",
-            "The whole admin API (read, write, modify-group)",
-        ),
-        (
-            Scope::ApiRead,
-            "api:read",
-            "Read tokens, channels and groups through the admin API",
-        ),
-        (
-            Scope::ApiWrite,
-            "api:write",
-            "Create and revoke tokens through the admin API",
-        ),
-        (
-            Scope::ApiModifyGroup,
-            "api:modify-group",
-            "Change group members and packages",
-        ),
-        (
-            Scope::Pypi,
-            "pypi",
-            "PyPI repositories (not served by condagate)",
-        ),
-        (
-            Scope::PypiDownload,
-            "pypi:download",
-            "PyPI downloads (not served by condagate)",
-        ),
+        (Scope::CondaDownload, "conda:download", "Download conda packages"),
+        (Scope::Api, "api", "The whole admin API (read, write, modify-group)"),
+        (Scope::ApiRead, "api:read", "Read tokens, channels and groups through the admin API"),
+        (Scope::ApiWrite, "api:write", "Create and revoke tokens through the admin API"),
+        (Scope::ApiModifyGroup, "api:modify-group", "Change group members and packages"),
+        (Scope::Pypi, "pypi", "PyPI repositories (not served by condagate)"),
+        (Scope::PypiDownload, "pypi:download", "PyPI downloads (not served by condagate)"),
     ];
 
     /// The scope's name as written in token files and on the command line.
     pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(s, _, _)| *s == self)
-            .map(|(_, n, _)| *n)
-            .unwrap_or("?")
+        Self::ALL.iter().find(|(s, _, _)| *s == self).map(|(_, n, _)| *n).unwrap_or("?")
     }
 
     /// Whether this scope allows downloading conda packages and repodata.
     pub fn allows_download(self) -> bool {
-        matches!(
-            self,
-            Scope::All | Scope::Repos | Scope::Conda | Scope::CondaDownload
-        )
+        matches!(self, Scope::All | Scope::Repos | Scope::Conda | Scope::CondaDownload)
     }
 
     /// Whether this scope grants `wanted` on the admin API.
@@ -218,13 +170,28 @@ impl Scope {
         self == wanted || matches!(self, Scope::All | Scope::Api)
     }
 
+    /// Whether a token with this scope may hand `other` to a token it creates (no scope can create a wider one).
+    pub fn covers(self, other: Scope) -> bool {
+        self == other
+            || match self {
+                Scope::All => true,
+                Scope::Repos => {
+                    matches!(other, Scope::Conda | Scope::CondaDownload | Scope::Pypi | Scope::PypiDownload)
+                }
+                Scope::Conda => other == Scope::CondaDownload,
+                Scope::Api => matches!(other, Scope::ApiRead | Scope::ApiWrite | Scope::ApiModifyGroup),
+                Scope::Pypi => other == Scope::PypiDownload,
+                Scope::CondaDownload
+                | Scope::ApiRead
+                | Scope::ApiWrite
+                | Scope::ApiModifyGroup
+                | Scope::PypiDownload => false,
+            }
+    }
+
     /// The valid scope names, for error messages.
     pub fn valid_names() -> String {
-        Self::ALL
-            .iter()
-            .map(|(_, n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(", ")
+        Self::ALL.iter().map(|(_, n, _)| *n).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -235,12 +202,7 @@ impl FromStr for Scope {
             .iter()
             .find(|(_, n, _)| *n == s)
             .map(|(scope, _, _)| *scope)
-            .ok_or_else(|| {
-                format!(
-                    "unknown scope {s:?} (valid scopes: {})",
-                    Self::valid_names()
-                )
-            })
+            .ok_or_else(|| format!("unknown scope {s:?} (valid scopes: {})", Self::valid_names()))
     }
 }
 
@@ -306,9 +268,7 @@ impl TokenRecord {
 
     /// Whether the token's own channel list lets it reach `channel`.
     pub fn reaches_channel(&self, channel: &str) -> bool {
-        self.channels
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|c| c == channel))
+        self.channels.as_ref().is_none_or(|list| list.iter().any(|c| c == channel))
     }
 }
 
@@ -356,15 +316,7 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for bad in [
-            "",
-            "a",
-            "has space",
-            "slash/y",
-            "dot.dot",
-            "ünï",
-            &"x".repeat(257),
-        ] {
+        for bad in ["", "a", "has space", "slash/y", "dot.dot", "ünï", &"x".repeat(257)] {
             assert_eq!(Token::parse(bad), Err(MalformedToken), "{bad:?}");
         }
     }

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    LAST_MODIFIED, RANGE, USER_AGENT,
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED,
+    RANGE, USER_AGENT,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
@@ -74,9 +74,7 @@ fn io_error(e: std::io::Error) -> Error {
 }
 
 fn file_etag(modified: Option<SystemTime>, len: u64) -> String {
-    let nanos = modified
-        .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+    let nanos = modified.and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     format!("\"{nanos:x}-{len:x}\"")
 }
 
@@ -115,10 +113,7 @@ impl Upstreams {
     ) -> Result<Response<Body>, Error> {
         match source {
             Source::Dir(root) => serve_file(&root.join(rel), method, headers).await,
-            Source::Http {
-                base,
-                headers: extra,
-            } => self.serve_http(base, extra, rel, method, headers).await,
+            Source::Http { base, headers: extra } => self.serve_http(base, extra, rel, method, headers).await,
         }
     }
 
@@ -146,9 +141,7 @@ impl Upstreams {
         match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
             Err(_) => Err(Error::UpstreamTimeout),
             Ok(Err(e)) => {
-                let why = std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.to_string());
+                let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
                 Err(Error::Upstream(format!("{base}/{rel}: {why}")))
             }
             Ok(Ok(resp)) => Ok(resp),
@@ -184,24 +177,16 @@ impl Upstreams {
             other => return Err(Error::Upstream(format!("{base}/{rel}: status {other}"))),
         }
         let (parts, incoming) = resp.into_parts();
-        let mut out = Response::new(
-            if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
-                empty()
-            } else {
-                // An upstream that stops mid-body makes this body fail, and hyper then aborts the client's transfer
-                // instead of ending it: a short file never looks complete.
-                incoming.map_err(|e| -> BoxError { Box::new(e) }).boxed()
-            },
-        );
+        let mut out = Response::new(if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+            empty()
+        } else {
+            // An upstream that stops mid-body makes this body fail, and hyper then aborts the client's transfer
+            // instead of ending it: a short file never looks complete.
+            incoming.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+        });
         *out.status_mut() = status;
         let h = out.headers_mut();
-        for k in [
-            CONTENT_LENGTH,
-            CONTENT_RANGE,
-            ETAG,
-            LAST_MODIFIED,
-            ACCEPT_RANGES,
-        ] {
+        for k in [CONTENT_LENGTH, CONTENT_RANGE, ETAG, LAST_MODIFIED, ACCEPT_RANGES] {
             if let Some(v) = parts.headers.get(&k) {
                 h.insert(k, v.clone());
             }
@@ -209,13 +194,25 @@ impl Upstreams {
         Ok(out)
     }
 
+    /// Whether the upstream answers at all: the folder exists, or the mirror answers a HEAD of the channel root with
+    /// any HTTP status within the connect and first-byte timeouts.
+    pub async fn probe(&self, source: &Source) -> Result<(), String> {
+        match source {
+            Source::Dir(root) => match tokio::fs::metadata(root).await {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(format!("{} is not a folder", root.display())),
+                Err(e) => Err(format!("{}: {e}", root.display())),
+            },
+            Source::Http { base, headers } => self
+                .send(base, headers, "", Method::HEAD, std::iter::empty())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     /// Fetches a whole document, or says the held copy (with validator `held`) is still current.
-    pub async fn refetch(
-        &self,
-        source: &Source,
-        rel: &str,
-        held: Option<&str>,
-    ) -> Result<Refetch, Error> {
+    pub async fn refetch(&self, source: &Source, rel: &str, held: Option<&str>) -> Result<Refetch, Error> {
         match source {
             Source::Dir(root) => {
                 let path = root.join(rel);
@@ -229,24 +226,15 @@ impl Upstreams {
                     return Ok(Refetch::Unchanged);
                 }
                 if meta.len() > MAX_DOCUMENT {
-                    return Err(Error::Upstream(format!(
-                        "{rel} is larger than {MAX_DOCUMENT} bytes"
-                    )));
+                    return Err(Error::Upstream(format!("{rel} is larger than {MAX_DOCUMENT} bytes")));
                 }
                 let bytes = tokio::fs::read(&path).await.map_err(io_error)?;
                 // The file may have changed between the two calls; a validator from the bytes' own length keeps a
                 // torn pair from being cached under the new name.
                 let validator = file_etag(modified, bytes.len() as u64);
-                Ok(Refetch::Changed(Document {
-                    bytes: bytes.into(),
-                    validator,
-                    modified,
-                }))
+                Ok(Refetch::Changed(Document { bytes: bytes.into(), validator, modified }))
             }
-            Source::Http {
-                base,
-                headers: extra,
-            } => {
+            Source::Http { base, headers: extra } => {
                 let forward = held
                     .filter(|v| v.starts_with('"') || v.starts_with("W/"))
                     .and_then(|v| HeaderValue::from_str(v).ok())
@@ -265,10 +253,8 @@ impl Upstreams {
                     other => return Err(Error::Upstream(format!("{base}/{rel}: status {other}"))),
                 }
                 let h = resp.headers();
-                let modified = h
-                    .get(LAST_MODIFIED)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| httpdate::parse_http_date(v).ok());
+                let modified =
+                    h.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
                 let validator = h
                     .get(ETAG)
                     .or_else(|| h.get(LAST_MODIFIED))
@@ -276,22 +262,11 @@ impl Upstreams {
                     .map(str::to_owned)
                     .unwrap_or_default();
                 let limited = http_body_util::Limited::new(resp.into_body(), MAX_DOCUMENT as usize);
-                let bytes = limited
-                    .collect()
-                    .await
-                    .map_err(|e| Error::Upstream(format!("{base}/{rel}: {e}")))?
-                    .to_bytes();
+                let bytes =
+                    limited.collect().await.map_err(|e| Error::Upstream(format!("{base}/{rel}: {e}")))?.to_bytes();
                 // Without a validator the document is identified by its content.
-                let validator = if validator.is_empty() {
-                    content_validator(&bytes)
-                } else {
-                    validator
-                };
-                Ok(Refetch::Changed(Document {
-                    bytes,
-                    validator,
-                    modified,
-                }))
+                let validator = if validator.is_empty() { content_validator(&bytes) } else { validator };
+                Ok(Refetch::Changed(Document { bytes, validator, modified }))
             }
         }
     }
@@ -303,11 +278,7 @@ fn content_validator(bytes: &[u8]) -> String {
 }
 
 /// Serves a local file: validators, 304, ranges, HEAD, and a streamed body read in large chunks.
-async fn serve_file(
-    path: &Path,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Result<Response<Body>, Error> {
+async fn serve_file(path: &Path, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, Error> {
     let mut file = tokio::fs::File::open(path).await.map_err(io_error)?;
     let meta = file.metadata().await.map_err(io_error)?;
     if !meta.is_file() {
@@ -340,8 +311,7 @@ async fn serve_file(
             (start, end - start + 1)
         }
     };
-    resp.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(count));
+    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(count));
     if method == Method::HEAD {
         return Ok(resp);
     }

@@ -99,12 +99,7 @@ impl Views {
     pub fn new(max_bytes: u64) -> Self {
         // quick_cache wants an item count estimate for sizing; views are few and large.
         let cache = Cache::with_weighter(1024, max_bytes.max(1), ByBytes);
-        Views {
-            cache,
-            docs: DashMap::new(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-        }
+        Views { cache, docs: DashMap::new(), hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
     }
 
     /// Views served from the cache.
@@ -123,47 +118,22 @@ impl Views {
     }
 
     /// The current upstream document at `rel`, fetched or revalidated.
-    async fn document(
-        &self,
-        up: &Upstreams,
-        channel: &Channel,
-        rel: &str,
-    ) -> Result<Arc<Held>, Error> {
+    async fn document(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
         let key = (source_id(&channel.source), rel.to_owned());
         let held = self.docs.get(&key).map(|h| Arc::clone(&h));
-        match up
-            .refetch(
-                &channel.source,
-                rel,
-                held.as_ref().map(|h| h.doc.validator.as_str()),
-            )
-            .await
-        {
-            Ok(Refetch::Unchanged) => {
-                held.ok_or_else(|| Error::Internal("unchanged document not held".into()))
-            }
+        match up.refetch(&channel.source, rel, held.as_ref().map(|h| h.doc.validator.as_str())).await {
+            Ok(Refetch::Unchanged) => held.ok_or_else(|| Error::Internal("unchanged document not held".into())),
             Ok(Refetch::Changed(doc)) => {
-                let (absolute_base_url, shard_names, index) = if rel
-                    .ends_with("repodata_shards.msgpack.zst")
-                {
+                let (absolute_base_url, shard_names, index) = if rel.ends_with("repodata_shards.msgpack.zst") {
                     let idx = ShardIndex::decode(&doc.bytes)
                         .map_err(|e| Error::Upstream(format!("{}: {rel}: {e}", channel.name)))?;
-                    (
-                        idx.has_absolute_urls(),
-                        Some(Arc::new(idx.names_by_hash())),
-                        Some(Arc::new(idx)),
-                    )
+                    (idx.has_absolute_urls(), Some(Arc::new(idx.names_by_hash())), Some(Arc::new(idx)))
                 } else {
                     let abs = filter::has_absolute_base_url(&doc.bytes)
                         .map_err(|e| Error::Upstream(format!("{}: {rel}: {e}", channel.name)))?;
                     (abs, None, None)
                 };
-                let held = Arc::new(Held {
-                    doc,
-                    absolute_base_url,
-                    shard_names,
-                    index,
-                });
+                let held = Arc::new(Held { doc, absolute_base_url, shard_names, index });
                 self.docs.insert(key, Arc::clone(&held));
                 Ok(held)
             }
@@ -188,22 +158,13 @@ impl Views {
         let View::Restricted(visible) = view else {
             return Ok(true);
         };
-        let index_path = ChannelPath {
-            file: FileKind::ShardIndex,
-            token: None,
-            ..path.clone()
-        }
-        .upstream_path();
+        let index_path = ChannelPath { file: FileKind::ShardIndex, token: None, ..path.clone() }.upstream_path();
         let held = match self.document(up, channel, &index_path).await {
             Ok(h) => h,
             Err(Error::NotFound) => return Ok(false),
             Err(e) => return Err(e),
         };
-        Ok(held
-            .shard_names
-            .as_ref()
-            .and_then(|m| m.get(hash))
-            .is_some_and(|name| visible.allows(name)))
+        Ok(held.shard_names.as_ref().and_then(|m| m.get(hash)).is_some_and(|name| visible.allows(name)))
     }
 
     /// Serves a repodata form (`repodata.json[.zst|.bz2]`, `current_repodata.json`, the shard index) for `view`.
@@ -227,18 +188,11 @@ impl Views {
             FileKind::ShardIndex => (Form::ShardIndex, FileKind::ShardIndex),
             FileKind::Shard(_) | FileKind::Package(_) | FileKind::Notices => return Ok(None),
         };
-        let source = ChannelPath {
-            file: source_file,
-            token: None,
-            ..path.clone()
-        }
-        .upstream_path();
+        let source = ChannelPath { file: source_file, token: None, ..path.clone() }.upstream_path();
         let held = match self.document(up, channel, &source).await {
             Ok(h) => h,
             // An upstream that has only repodata.json.zst: serve it as it is when that is allowed.
-            Err(Error::NotFound) if form == Form::Zst && matches!(view, View::Full) => {
-                return Ok(None)
-            }
+            Err(Error::NotFound) if form == Form::Zst && matches!(view, View::Full) => return Ok(None),
             Err(e) => return Err(e),
         };
         let fingerprint = match view {
@@ -249,13 +203,8 @@ impl Views {
         if path.file == FileKind::RepodataBz2 {
             return Err(Error::NotFound);
         }
-        let key = ViewKey {
-            channel: channel.name.clone(),
-            source,
-            validator: held.doc.validator.clone(),
-            form,
-            fingerprint,
-        };
+        let key =
+            ViewKey { channel: channel.name.clone(), source, validator: held.doc.validator.clone(), form, fingerprint };
         let rendered = match self.cache.get_value_or_guard_async(&key).await {
             Ok(r) => {
                 self.hits.fetch_add(1, Relaxed);
@@ -287,8 +236,7 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &View) -> Result<Rendered
             }
             Form::Json | Form::Zst => {
                 let mut out = Vec::new();
-                filter::filter_repodata(&held.doc.bytes, &allow, &mut out)
-                    .map_err(|e| e.to_string())?;
+                filter::filter_repodata(&held.doc.bytes, &allow, &mut out).map_err(|e| e.to_string())?;
                 if form == Form::Zst {
                     out = zstd::bulk::compress(&out, 3).map_err(|e| e.to_string())?;
                 }
@@ -299,10 +247,7 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &View) -> Result<Rendered
     .await
     .map_err(|e| Error::Internal(format!("view task: {e}")))?
     .map_err(|e| Error::Upstream(format!("{}: cannot filter: {e}", key.source)))?;
-    Ok(Rendered {
-        bytes: Bytes::from(bytes),
-        etag,
-    })
+    Ok(Rendered { bytes: Bytes::from(bytes), etag })
 }
 
 fn respond(r: &Rendered, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, Error> {
@@ -310,10 +255,7 @@ fn respond(r: &Rendered, method: &Method, headers: &HeaderMap) -> Result<Respons
     let h = resp.headers_mut();
     // No Last-Modified: a view also changes when the visible set does, which no upstream date shows, so clients
     // revalidate by the ETag, which covers both.
-    h.insert(
-        ETAG,
-        HeaderValue::from_str(&r.etag).map_err(|e| Error::Internal(e.to_string()))?,
-    );
+    h.insert(ETAG, HeaderValue::from_str(&r.etag).map_err(|e| Error::Internal(e.to_string()))?);
     if conditional::not_modified(headers, &r.etag, None) {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(resp);
@@ -330,8 +272,7 @@ fn respond(r: &Rendered, method: &Method, headers: &HeaderMap) -> Result<Respons
             r.bytes.slice(start as usize..=end as usize)
         }
     };
-    resp.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     if method != Method::HEAD {
         *resp.body_mut() = full(body);
     }

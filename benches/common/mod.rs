@@ -1,0 +1,41 @@
+//! Generated inputs shared by the benches: a realistic large repodata.json.
+
+#![allow(dead_code)]
+
+use std::fmt::Write;
+
+/// A repodata.json with `records` records spread over `names` package names (half `.tar.bz2`, half `.conda`), each
+/// record shaped like conda-forge's (depends, constrains, hashes, sizes, timestamps, license).
+pub fn repodata(records: usize, names: usize) -> Vec<u8> {
+    let mut tar = String::with_capacity(records * 300);
+    let mut conda = String::with_capacity(records * 300);
+    let per_name = records.div_ceil(names).max(1);
+    for i in 0..records {
+        let name = format!("pkg-{:05}", i / per_name);
+        let v = i % per_name;
+        let fname_stem = format!("{name}-1.{v}.0-py312h{:08x}_{}", i.wrapping_mul(2654435761) as u32, v % 3);
+        let (map, ext) = if i % 2 == 0 { (&mut tar, "tar.bz2") } else { (&mut conda, "conda") };
+        if !map.is_empty() {
+            map.push(',');
+        }
+        let _ = write!(
+            map,
+            r#""{fname_stem}.{ext}":{{"build":"py312h{h:08x}_{b}","build_number":{b},"constrains":["libfoo >=1.2,<2.0a0","pypy <0a0"],"depends":["libgcc-ng >=12","libstdcxx-ng >=12","python >=3.12,<3.13.0a0","python_abi 3.12.* *_cp312","numpy >=1.26.4,<2.0a0","{name}-base ==1.{v}.0"],"license":"BSD-3-Clause AND MIT","license_family":"BSD","md5":"{md5:032x}","name":"{name}","sha256":"{sha:064x}","size":{size},"subdir":"linux-64","timestamp":{ts},"version":"1.{v}.0"}}"#,
+            h = i.wrapping_mul(2654435761) as u32,
+            b = v % 3,
+            md5 = (i as u128).wrapping_mul(0x9e3779b97f4a7c15f39cc0605cedc834),
+            sha = (i as u128).wrapping_mul(0x2545f4914f6cdd1d9e3779b97f4a7c15),
+            size = 10_000 + i * 37 % 5_000_000,
+            ts = 1_700_000_000_000u64 + i as u64 * 1000,
+        );
+    }
+    format!(
+        r#"{{"info":{{"subdir":"linux-64"}},"packages":{{{tar}}},"packages.conda":{{{conda}}},"removed":[],"repodata_version":1}}"#
+    )
+    .into_bytes()
+}
+
+/// Names of the first `n` generated packages.
+pub fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("pkg-{i:05}")).collect()
+}

@@ -1,0 +1,563 @@
+//! The load bench: condagate under load, and side by side with nginx doing the same job.
+//!
+//! ```text
+//! cargo bench --bench load                      # generated channel; nginx + wrk comparison when installed
+//! cargo bench --bench load -- --duration 10s --connections 128
+//! cargo bench --bench load -- --url http://HOST/t/TOKEN/chan/noarch/repodata.json [--url …]   # your own server
+//! ```
+//!
+//! Without `--url` it builds a channel in a temporary folder (a ~2 kB repodata.json, a 24 MB package, a ~11 MB
+//! repodata.json of 20k records for a restricted view), starts the release `condagate` binary on it, and drives it with
+//! a built-in keep-alive HTTP/1.1 load generator: requests/s, MB/s, latency p50/p99/p999, errors, and condagate's
+//! peak RSS. When `nginx` and `wrk` are on the PATH it also serves the same files with nginx (a `map` of allowed
+//! tokens, sendfile on, access log off) and drives both with wrk, alternating A B A B for `--rounds` rounds, and
+//! prints the median ratio condagate / nginx per scenario. condagate runs with `RUST_LOG=warn` (no access log),
+//! matching nginx's `access_log off`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+struct Opts {
+    duration: Duration,
+    connections: usize,
+    rounds: usize,
+    urls: Vec<String>,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts { duration: Duration::from_secs(5), connections: 64, rounds: 3, urls: Vec::new() };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--duration" => {
+                o.duration =
+                    humantime::parse_duration(&args.next().expect("--duration VALUE")).expect("a duration like 5s")
+            }
+            "--connections" => o.connections = args.next().and_then(|v| v.parse().ok()).expect("--connections N"),
+            "--rounds" => o.rounds = args.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            "--url" => o.urls.push(args.next().expect("--url URL")),
+            // cargo bench passes --bench; anything else unknown is ignored the same way.
+            _ => {}
+        }
+    }
+    o
+}
+
+/// What one load run measured.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    requests: u64,
+    bytes: u64,
+    errors: u64,
+    seconds: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+    fn mbps(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds
+    }
+    fn show(&self, label: &str) {
+        println!(
+            "  {label:<44} {:>9.0} req/s {:>9.1} MB/s  p50 {:>7.0} µs  p99 {:>7.0} µs  p999 {:>7.0} µs  errors {}",
+            self.rps(),
+            self.mbps(),
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.errors
+        );
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i])
+}
+
+/// The built-in generator: `connections` keep-alive HTTP/1.1 connections, each sending requests back to back.
+fn drive(url: &str, connections: usize, duration: Duration) -> Run {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let uri: http::Uri = url.parse().expect("a valid URL");
+        let authority = uri.authority().expect("an absolute URL").to_string();
+        let path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let latencies = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let (authority, path) = (authority.clone(), path.clone());
+            let (stop, requests, bytes, errors, latencies) = (
+                Arc::clone(&stop),
+                Arc::clone(&requests),
+                Arc::clone(&bytes),
+                Arc::clone(&errors),
+                Arc::clone(&latencies),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::with_capacity(100_000);
+                'outer: while !stop.load(Relaxed) {
+                    let Ok(stream) = tokio::net::TcpStream::connect(&authority).await else {
+                        errors.fetch_add(1, Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                        errors.fetch_add(1, Relaxed);
+                        continue;
+                    };
+                    tokio::spawn(conn);
+                    while !stop.load(Relaxed) {
+                        let req = http::Request::get(path.as_str())
+                            .header("host", authority.as_str())
+                            .body(Empty::<Bytes>::new())
+                            .unwrap();
+                        let t = Instant::now();
+                        let Ok(resp) = send.send_request(req).await else {
+                            errors.fetch_add(1, Relaxed);
+                            continue 'outer;
+                        };
+                        let ok = resp.status().is_success();
+                        let mut body = resp.into_body();
+                        let mut n = 0u64;
+                        while let Some(frame) = body.frame().await {
+                            match frame {
+                                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                                Err(_) => {
+                                    errors.fetch_add(1, Relaxed);
+                                    continue 'outer;
+                                }
+                            }
+                        }
+                        if !ok {
+                            errors.fetch_add(1, Relaxed);
+                        }
+                        mine.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                        requests.fetch_add(1, Relaxed);
+                        bytes.fetch_add(n, Relaxed);
+                    }
+                }
+                latencies.lock().unwrap().extend(mine);
+            }));
+        }
+        tokio::time::sleep(duration).await;
+        stop.store(true, Relaxed);
+        let seconds = started.elapsed().as_secs_f64();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut l = std::mem::take(&mut *latencies.lock().unwrap());
+        l.sort_unstable();
+        Run {
+            requests: requests.load(Relaxed),
+            bytes: bytes.load(Relaxed),
+            errors: errors.load(Relaxed),
+            seconds,
+            p50_us: percentile(&l, 0.50),
+            p99_us: percentile(&l, 0.99),
+            p999_us: percentile(&l, 0.999),
+        }
+    })
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
+/// wrk: one thread (the other core serves), `connections` connections.
+fn wrk(url: &str, connections: usize, duration: Duration) -> Run {
+    let out = Command::new(which("wrk").unwrap())
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs().max(1)), "--latency", url])
+        .output()
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let num = |prefix: &str| -> Option<&str> {
+        text.lines().find(|l| l.trim_start().starts_with(prefix)).and_then(|l| l.split_whitespace().nth(1))
+    };
+    let lat = |p: &str| num(p).map(parse_wrk_time).unwrap_or(0.0);
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let seconds = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split("requests in ").nth(1))
+        .and_then(|r| r.split(',').next())
+        .map(parse_wrk_time)
+        .map_or(duration.as_secs_f64(), |us| us / 1e6);
+    let bytes = text
+        .lines()
+        .find(|l| l.contains("read"))
+        .and_then(|l| l.split("read ").nth(1))
+        .map(parse_wrk_size)
+        .unwrap_or(0.0) as u64;
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).collect::<Vec<_>>())
+        .sum();
+    Run { requests, bytes, errors, seconds, p50_us: lat("50%"), p99_us: lat("99%"), p999_us: 0.0 }
+}
+
+/// wrk times like `1.23ms`, `250.00us`, `2.01s`, `10.00m`, in µs.
+fn parse_wrk_time(s: &str) -> f64 {
+    let s = s.trim();
+    let (n, mult) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e6)
+    } else {
+        (s, 1.0)
+    };
+    n.parse::<f64>().unwrap_or(0.0) * mult
+}
+
+/// wrk sizes like `1.23GB`, `456.00MB`, `12KB`, `100B`, in bytes.
+fn parse_wrk_size(s: &str) -> f64 {
+    let s = s.trim();
+    for (suffix, mult) in [("GB", 1024.0f64.powi(3)), ("MB", 1024.0f64.powi(2)), ("KB", 1024.0), ("B", 1.0)] {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<f64>().unwrap_or(0.0) * mult;
+        }
+    }
+    0.0
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn start_condagate(config: &Path) -> (Killed, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_condagate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("condagate starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit("http://").next().expect("condagate prints its address").to_owned();
+    (Killed(child), addr)
+}
+
+fn token(config: &Path, name: &str, user: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_condagate"))
+        .args(["token", "create", "--name", name, "--user", user, "--scopes", "conda:download", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned()
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Builds the bench channel: `pub` (public) and `priv` (private; alice owns it, bob's group sees 1% of names).
+fn build_channel(root: &Path) {
+    let small = common::repodata(3, 3);
+    write(&root.join("channels/pub/noarch/repodata.json"), &small);
+    let mut big = vec![0u8; 24 << 20];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for chunk in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    write(&root.join("channels/pub/noarch/big-1.0-0.tar.bz2"), &big);
+    write(&root.join("channels/priv/linux-64/repodata.json"), &common::repodata(20_000, 2_000));
+    println!(
+        "channel: repodata.json {} B, package {} MB, restricted-view source {:.1} MB",
+        small.len(),
+        big.len() >> 20,
+        std::fs::metadata(root.join("channels/priv/linux-64/repodata.json")).unwrap().len() as f64 / 1e6
+    );
+}
+
+fn config_text(upstream: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+[tokens]
+file = "tokens.toml"
+{upstream}
+[[channels]]
+name = "pub"
+access = "authenticated"
+[[channels]]
+name = "priv"
+access = "private"
+owners = ["alice"]
+[[groups]]
+name = "some"
+channel = "priv"
+members = ["bob"]
+packages = ["pkg-000*"]
+"#
+    )
+}
+
+fn nginx_conf(dir: &Path, root: &Path, tokens: &[&str], port: u16, proxy_port: u16, origin_port: u16) -> PathBuf {
+    let map: String = tokens.iter().map(|t| format!("        \"{t}\" 1;\n")).collect();
+    let conf = format!(
+        r#"worker_processes 2;
+daemon off;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    client_body_temp_path {dir}/tmp;
+    proxy_temp_path {dir}/tmp;
+    default_type application/octet-stream;
+    map $tok $tok_ok {{
+        default 0;
+{map}    }}
+    upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location ~ ^/t/(?<tok>[^/]+)/(?<rest>.*)$ {{
+            if ($tok_ok = 0) {{ return 401; }}
+            alias {root}/$rest;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{proxy_port} reuseport;
+        location ~ ^/t/(?<tok>[^/]+)/(?<rest>.*)$ {{
+            if ($tok_ok = 0) {{ return 401; }}
+            proxy_pass http://origin/$rest;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{origin_port} reuseport;
+        root {root};
+    }}
+}}
+"#,
+        dir = dir.display(),
+        root = root.display(),
+    );
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs A and B alternately and returns the median of A/B by `metric`.
+fn side_by_side(
+    label: &str,
+    a: (&str, &str),
+    b: (&str, &str),
+    o: &Opts,
+    metric: fn(&Run) -> f64,
+    gen: fn(&str, usize, Duration) -> Run,
+) -> f64 {
+    println!("{label}");
+    let mut ratios = Vec::new();
+    for round in 1..=o.rounds {
+        let ra = gen(a.1, o.connections, o.duration);
+        ra.show(&format!("round {round} {}", a.0));
+        let rb = gen(b.1, o.connections, o.duration);
+        rb.show(&format!("round {round} {}", b.0));
+        ratios.push(metric(&ra) / metric(&rb).max(f64::MIN_POSITIVE));
+    }
+    let m = median(ratios.clone());
+    println!("  => median ratio {} / {} = {m:.2}x (rounds: {ratios:.2?})\n", a.0, b.0);
+    m
+}
+
+fn main() {
+    let o = parse_opts();
+    println!(
+        "condagate load bench: {} cores, {} connections, {:?} per run",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.connections,
+        o.duration
+    );
+    if !o.urls.is_empty() {
+        for url in &o.urls {
+            drive(url, o.connections, o.duration).show(url);
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    build_channel(root);
+    let cfg = root.join("condagate.toml");
+    std::fs::write(&cfg, config_text("[upstream]\ndir = \"channels\"")).unwrap();
+    let alice = token(&cfg, "alice", "alice");
+    let bob = token(&cfg, "bob", "bob");
+    let (cg, addr) = start_condagate(&cfg);
+    let pid = cg.0.id();
+    let u = |tok: &str, path: &str| format!("http://{addr}/t/{tok}/{path}");
+    let small = u(&alice, "pub/noarch/repodata.json");
+    let big = u(&alice, "pub/noarch/big-1.0-0.tar.bz2");
+    let full_view = u(&alice, "priv/linux-64/repodata.json");
+    let restricted = u(&bob, "priv/linux-64/repodata.json");
+
+    println!("\ncondagate alone (built-in generator):");
+    drive(&small, o.connections, o.duration).show("small repodata.json, unrestricted");
+    drive(&big, 8, o.duration).show("24 MB package, 8 connections");
+    drive(&full_view, o.connections, o.duration).show("11 MB repodata.json, full view (file)");
+    drive(&restricted, o.connections, o.duration).show("11 MB repodata.json, restricted cached view");
+    println!("  condagate peak RSS so far: {:.1} MiB\n", peak_rss_mib(pid));
+
+    let rps = |r: &Run| r.rps();
+    let mbps = |r: &Run| r.mbps();
+    side_by_side(
+        "restricted cached view vs the unrestricted file (condagate vs itself), requests/s:",
+        ("restricted view", &restricted),
+        ("full file", &full_view),
+        &o,
+        rps,
+        drive,
+    );
+
+    let (Some(_), Some(_)) = (which("nginx"), which("wrk")) else {
+        println!("nginx and/or wrk are not installed: side-by-side comparisons skipped (apt-get install nginx wrk).");
+        println!("condagate peak RSS: {:.1} MiB", peak_rss_mib(pid));
+        return;
+    };
+    let (port, proxy_port, origin_port) = (free_port(), free_port(), free_port());
+    let conf = nginx_conf(&root.join("nginx"), &root.join("channels"), &[&alice, &bob], port, proxy_port, origin_port);
+    let nginx = Killed(
+        Command::new(which("nginx").unwrap())
+            .args(["-c"])
+            .arg(&conf)
+            .args(["-p"])
+            .arg(root.join("nginx"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx starts"),
+    );
+    wait_port(port);
+    let ng = |tok: &str, path: &str, p: u16| format!("http://127.0.0.1:{p}/t/{tok}/{path}");
+
+    let cfg_http = root.join("condagate-http.toml");
+    std::fs::write(&cfg_http, config_text(&format!("[upstream]\nurl = \"http://127.0.0.1:{origin_port}\""))).unwrap();
+    let (cg_http, addr_http) = start_condagate(&cfg_http);
+
+    let r1 = side_by_side(
+        "small repodata.json (unrestricted token), wrk requests/s:",
+        ("condagate", &small),
+        ("nginx+map", &ng(&alice, "pub/noarch/repodata.json", port)),
+        &o,
+        rps,
+        wrk,
+    );
+    let r2 = side_by_side(
+        "24 MB package, wrk MB/s (8 connections):",
+        ("condagate", &big),
+        ("nginx sendfile", &ng(&alice, "pub/noarch/big-1.0-0.tar.bz2", port)),
+        &Opts { connections: 8, urls: Vec::new(), ..o },
+        mbps,
+        wrk,
+    );
+    let r3 = side_by_side(
+        "restricted cached view vs unrestricted file (condagate vs itself), wrk requests/s:",
+        ("restricted view", &restricted),
+        ("full file", &full_view),
+        &o,
+        rps,
+        wrk,
+    );
+    let r4 = side_by_side(
+        "HTTP upstream: condagate -> nginx vs nginx proxy_pass+map -> nginx, small repodata.json, wrk requests/s:",
+        ("condagate", &format!("http://{addr_http}/t/{alice}/pub/noarch/repodata.json")),
+        ("nginx proxy_pass", &ng(&alice, "pub/noarch/repodata.json", proxy_port)),
+        &o,
+        rps,
+        wrk,
+    );
+    println!("summary (median of {} alternating rounds, 2-core machine):", o.rounds);
+    println!("  small files      condagate/nginx+map        {r1:.2}x  (goal >= 1.0)");
+    println!("  24 MB package    condagate/nginx sendfile   {r2:.2}x  (goal >= 0.9)");
+    println!("  restricted view  view/unrestricted file     {r3:.2}x  (goal >= 0.9)");
+    println!("  HTTP upstream    condagate/nginx proxy_pass {r4:.2}x  (goal >= 1.0)");
+    println!(
+        "  condagate peak RSS {:.1} MiB (dir upstream), {:.1} MiB (HTTP upstream)",
+        peak_rss_mib(pid),
+        peak_rss_mib(cg_http.0.id())
+    );
+    drop(nginx);
+}

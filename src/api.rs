@@ -1,0 +1,338 @@
+//! The admin API under `/api/`: tokens and groups over HTTP, in the shapes the `anaconda` CLI (anaconda-client)
+//! expects, plus condagate's own endpoints.
+//!
+//! Authentication is a condagate token in `Authorization: token <T>` (or `Bearer`). Scopes gate each operation:
+//! `api:read` lists, `api:write` creates and revokes tokens, `api:modify-group` changes groups; `api` and `all`
+//! imply all three. A user administers their own tokens only; only a channel's owners change its groups.
+//! Errors are `{"error": "…"}`, as anaconda-client reads them.
+//!
+//! | method and path | scope | what |
+//! |---|---|---|
+//! | `GET /api/authentication-type` | none | `{"authentication_type": "kerberos"}`: the CLI then posts with its `-t` token |
+//! | `GET /api/scopes` | none | every scope and what it allows |
+//! | `GET /api/user` | any | `{login, name, user_type, created_at}` of the token's user |
+//! | `GET /api/authentication` | any | `{application, id}` of the token itself |
+//! | `GET /api/authentications` | api:read | the user's tokens that are not revoked, never a secret |
+//! | `POST /api/authentications` | api:write | creates a token for the user: `{"token": …}` |
+//! | `DELETE /api/authentications/name/<N>` | api:write | revokes the user's token `N` (201; 404 if it has none) |
+//! | `GET /api/channels` | api:read | channels the user owns, with their groups |
+//! | `GET /api/explain` | api:read | what the token's user can reach, and why |
+//! | `PUT`/`DELETE /api/channels/<c>/groups/<g>/members/<user>` | api:modify-group, owner of `c` | group membership |
+//! | `PUT`/`DELETE /api/channels/<c>/groups/<g>/packages/<glob>` | api:modify-group, owner of `c` | group packages |
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::app::{App, Snapshot};
+use crate::body::{full, Body};
+use crate::config::Config;
+use crate::lifecycle::{self, NewToken};
+use crate::policy::{self, Denied, Policy};
+use crate::server::header_token;
+use crate::store::{format_time, StoreError};
+use crate::token::{Scope, TokenRecord};
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// An API refusal: a status and a message for `{"error": …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+fn err(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError { status, message: message.into() }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Refused(m) => err(StatusCode::BAD_REQUEST, m),
+            other => {
+                tracing::error!(error = %other, "admin API storage failure");
+                err(StatusCode::INTERNAL_SERVER_ERROR, "the server could not store the change")
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Handles an `/api/…` request. Always answers: refusals are `{"error": …}` bodies with their status.
+pub async fn handle(
+    app: &App,
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    segments: Vec<String>,
+) -> (Response<Body>, Option<Arc<TokenRecord>>) {
+    let mut who = None;
+    let result = route(app, snap, req, peer, &segments, &mut who).await;
+    let resp = match result {
+        Ok((status, v)) => json_response(status, &v),
+        Err(e) => json_response(e.status, &json!({ "error": e.message })),
+    };
+    (resp, who)
+}
+
+fn identify(
+    app: &App,
+    snap: &Snapshot,
+    req: &Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Result<Arc<TokenRecord>, ApiError> {
+    let unauthorized = |m: &str| err(StatusCode::UNAUTHORIZED, m);
+    if let Some(secs) = app.throttle.blocked(peer.ip(), Instant::now()) {
+        return Err(err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {secs} s")));
+    }
+    let token = header_token(req.headers())
+        .map_err(|_| unauthorized("the token given is malformed"))?
+        .ok_or_else(|| unauthorized("authentication required: send Authorization: token <TOKEN>"))?;
+    let checked = snap
+        .tokens
+        .lookup(&token)
+        .cloned()
+        .ok_or(Denied::Unknown)
+        .and_then(|r| Policy::check_token(&r, OffsetDateTime::now_utc()).map(|()| r));
+    checked.map_err(|d| {
+        if app.throttle.failure(peer.ip(), Instant::now()) {
+            app.metrics.throttled();
+        }
+        match d {
+            Denied::Expired(at) => unauthorized(&format!("the token given expired at {}", format_time(at))),
+            Denied::Revoked => unauthorized("the token given has been revoked"),
+            _ => unauthorized("the token given is invalid"),
+        }
+    })
+}
+
+fn need(who: &TokenRecord, scope: Scope) -> Result<(), ApiError> {
+    if who.can_api(scope) {
+        Ok(())
+    } else {
+        Err(err(StatusCode::FORBIDDEN, format!("this token lacks the {} scope", scope.name())))
+    }
+}
+
+fn token_json(r: &TokenRecord, now: OffsetDateTime) -> Value {
+    json!({
+        "id": short_id(r),
+        "application": r.name,
+        "name": r.name,
+        "user": r.user,
+        "remote_addr": Value::Null,
+        "hostname": Value::Null,
+        "created_at": format_time(r.created),
+        "expires": r.expires.map(format_time),
+        "revoked": r.revoked.map(format_time),
+        "status": r.status(now).to_string(),
+        "scopes": r.scopes.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "channels": r.channels,
+    })
+}
+
+/// A short public identifier of a token record: the start of its digest (which is not secret).
+fn short_id(r: &TokenRecord) -> String {
+    hex::encode(&r.digest.0[..6])
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let body: Bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {MAX_BODY} bytes")))?
+        .to_bytes();
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&body).map_err(|e| err(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))
+}
+
+type Answer = Result<(StatusCode, Value), ApiError>;
+
+async fn route(
+    app: &App,
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    segs: &[String],
+    who_out: &mut Option<Arc<TokenRecord>>,
+) -> Answer {
+    let method = req.method().clone();
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    // Endpoints that need no token.
+    match (&method, s.as_slice()) {
+        (&Method::GET, ["authentication-type"]) => {
+            return Ok((StatusCode::OK, json!({"authentication_type": "kerberos"})));
+        }
+        (&Method::GET, ["scopes"]) => {
+            let m: serde_json::Map<String, Value> =
+                Scope::ALL.iter().map(|(_, n, d)| ((*n).to_owned(), Value::from(*d))).collect();
+            return Ok((StatusCode::OK, Value::Object(m)));
+        }
+        _ => {}
+    }
+    let who = identify(app, snap, &req, peer)?;
+    *who_out = Some(Arc::clone(&who));
+    let now = OffsetDateTime::now_utc();
+    let config = &snap.config;
+    match (&method, s.as_slice()) {
+        (&Method::GET, ["user"]) => {
+            // `anaconda whoami` prints `created_at` as "Member since": the user's oldest token is the best stand-in.
+            let since = snap.tokens.records().iter().filter(|r| r.user == who.user).map(|r| r.created).min();
+            let since = since.unwrap_or(who.created);
+            Ok((
+                StatusCode::OK,
+                json!({"login": who.user, "name": who.user, "user_type": "user"}),
+            ))
+        }
+        (&Method::GET, ["authentication"]) => Ok((
+            StatusCode::OK,
+            json!({"application": who.name, "id": short_id(&who), "scopes": who.scopes.iter().map(|s| s.name()).collect::<Vec<_>>()}),
+        )),
+        (&Method::GET, ["authentications"]) => {
+            need(&who, Scope::ApiRead)?;
+            // Revoked tokens are gone, as on anaconda.org (`anaconda auth --list` would show them as still valid);
+            // `condagate token list` still shows them.
+            let list: Vec<Value> = snap
+                .tokens
+                .records()
+                .iter()
+                .filter(|r| r.user == who.user && r.revoked.is_none())
+                .map(|r| token_json(r, now))
+                .collect();
+            Ok((StatusCode::OK, Value::Array(list)))
+        }
+        (&Method::POST, ["authentications"]) => {
+            need(&who, Scope::ApiWrite)?;
+            let body = read_json(req).await?;
+            create(app, config, &who, &body, now)
+        }
+        (&Method::DELETE, ["authentications", "name", name]) => {
+            need(&who, Scope::ApiWrite)?;
+            // With the user given, the only refusal is "no such token": 404, and no hint whether another user has one.
+            let r = lifecycle::revoke(&config.tokens_file, name, Some(&who.user), now).map_err(|e| match e {
+                StoreError::Refused(m) => err(StatusCode::NOT_FOUND, m),
+                other => ApiError::from(other),
+            })?;
+            reload_tokens(app);
+            Ok((StatusCode::CREATED, json!({"revoked": r.name})))
+        }
+        (&Method::GET, ["channels"]) => {
+            need(&who, Scope::ApiRead)?;
+            Ok((StatusCode::OK, channels_json(config, &who.user)))
+        }
+        (&Method::GET, ["explain"]) => {
+            need(&who, Scope::ApiRead)?;
+            let reach: Vec<Value> = policy::explain(config, &who.user, None, who.channels.as_deref())
+                .into_iter()
+                .map(|r| json!({"channel": r.channel, "access": r.access.name(), "reasons": r.reasons}))
+                .collect();
+            Ok((StatusCode::OK, json!({"user": who.user, "reach": reach})))
+        }
+        (m, ["channels", channel, "groups", group, what @ ("members" | "packages"), item])
+            if *m == Method::PUT || *m == Method::DELETE =>
+        {
+            need(&who, Scope::ApiModifyGroup)?;
+            let owner = config.channel(channel).is_some_and(|c| c.owners.iter().any(|o| *o == who.user));
+            if !owner {
+                return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
+            }
+            let add = *m == Method::PUT;
+            crate::groups::change(config, channel, group, what, item, add).map_err(|e| err(e.0, e.1))?;
+            app.reload_all().map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?;
+            Ok((StatusCode::OK, json!({"channel": channel, "group": group, *what: item, "added": add})))
+        }
+        (_, ["user" | "authentication" | "authentications" | "channels" | "explain"])
+        | (_, ["authentications", "name", _]) => Err(err(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")),
+        _ => Err(err(StatusCode::NOT_FOUND, "no such endpoint")),
+    }
+}
+
+fn reload_tokens(app: &App) {
+    if let Err(e) = app.reload_tokens() {
+        tracing::error!(error = %e, "reload after an admin change failed");
+    }
+}
+
+fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: OffsetDateTime) -> Answer {
+    let scopes: Vec<String> = match body.get("scopes") {
+        Some(Value::Array(a)) => {
+            a.iter().filter_map(|v| v.as_str()).flat_map(|s| s.split_whitespace()).map(str::to_owned).collect()
+        }
+        Some(Value::String(s)) => s.split([' ', ',']).filter(|x| !x.is_empty()).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    // anaconda-client sends `"user": null`, or an organization with `--org`: condagate has no organizations, and a
+    // token only ever creates tokens for its own user.
+    if let Some(u) = body.get("user").and_then(|v| v.as_str()).filter(|u| *u != who.user) {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            format!("this token can only create tokens for {:?}, not {u:?}", who.user),
+        ));
+    }
+    let wanted = lifecycle::parse_scopes(&scopes)?;
+    if let Some(s) = wanted.iter().find(|w| !who.scopes.iter().any(|mine| mine.covers(**w))) {
+        return Err(err(StatusCode::FORBIDDEN, format!("this token cannot grant the {} scope", s.name())));
+    }
+    let name = body
+        .get("note")
+        .or_else(|| body.get("name"))
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| err(StatusCode::BAD_REQUEST, "a token name (note) is required"))?;
+    let max_age = body.get("max-age").or_else(|| body.get("max_age")).and_then(|v| match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    });
+    let expires = match max_age {
+        Some(secs) if secs > 0 => Some(now + time::Duration::seconds(secs)),
+        Some(_) => return Err(err(StatusCode::BAD_REQUEST, "max-age must be a positive number of seconds")),
+        None => Some(now + lifecycle::DEFAULT_LIFETIME),
+    };
+    let channels = body
+        .get("channels")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect::<Vec<_>>())
+        .or_else(|| who.channels.clone());
+    let new = NewToken { name: name.to_owned(), user: who.user.clone(), scopes, expires, channels };
+    let (token, record) = lifecycle::create(config, new, now)?;
+    reload_tokens(app);
+    let mut v = token_json(&record, now);
+    v["token"] = Value::from(token.reveal());
+    Ok((StatusCode::OK, v))
+}
+
+fn channels_json(config: &Config, user: &str) -> Value {
+    let list: Vec<Value> = config
+        .channels
+        .iter()
+        .filter(|c| c.owners.iter().any(|o| o == user))
+        .map(|c| {
+            let groups: Vec<Value> = config
+                .groups
+                .iter()
+                .filter(|g| g.channel == c.name)
+                .map(|g| json!({"name": g.name, "members": g.members, "packages": g.packages.patterns, "labels": g.labels}))
+                .collect();
+            json!({"name": c.name, "access": c.access.name(), "owners": c.owners, "groups": groups})
+        })
+        .collect();
+    Value::Array(list)
+}

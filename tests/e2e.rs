@@ -1,0 +1,510 @@
+//! End to end: a real conda client (py-rattler, pinned in `tests/e2e/requirements.txt`) solves and installs through
+//! condagate on the demo config, over each of rattler's repodata paths (sharded, JSON+zst, plain JSON).
+//!
+//! The Python environment is prepared on first use in `target/e2e-venv` (`python3 -m venv` + `pip install -r
+//! tests/e2e/requirements.txt`), under a file lock so parallel tests and test binaries do not race. Without `python3`
+//! these tests fail, unless `CONDAGATE_SKIP_E2E=1` is set: then each prints `SKIPPED: CONDAGATE_SKIP_E2E=1` and passes.
+//!
+//! Demo permissions (see `support::demo_config_text`): `mychan` is private, owned by alice; group `eng` (bob, carol)
+//! gets `alpha`, `beta*`; group `dev-testers` (dave) gets `alpha`, `beta` on label `dev` only. `pubchan` is public.
+
+mod support;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Time one client run (solve + install) may take before the test gives up on it.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The client's own budget for solve + install, a little less than ours so it reports its own timeout.
+const CLIENT_INNER_TIMEOUT_SECS: &str = "240";
+
+const SECRET: &str = "secretpkg";
+
+// ---------------------------------------------------------------------------------------------------------------
+// The Python environment
+// ---------------------------------------------------------------------------------------------------------------
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn e2e_dir() -> PathBuf {
+    manifest_dir().join("tests/e2e")
+}
+
+/// `target/` of this build: the parent of `CARGO_TARGET_TMPDIR` (`target/tmp`).
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest_dir().join("target"))
+}
+
+fn skip_requested() -> bool {
+    std::env::var("CONDAGATE_SKIP_E2E").is_ok_and(|v| v == "1")
+}
+
+/// The venv's python, ready to `import rattler`; `None` when the e2e tests are to be skipped.
+/// Panics with a clear message when the environment cannot be prepared.
+async fn python() -> Option<PathBuf> {
+    if skip_requested() {
+        eprintln!("SKIPPED: CONDAGATE_SKIP_E2E=1");
+        return None;
+    }
+    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let ready = tokio::task::spawn_blocking(|| VENV.get_or_init(prepare_venv).clone())
+        .await
+        .expect("venv preparation panicked");
+    match ready {
+        Ok(p) => Some(p),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn run_logged(cmd: &mut Command) -> Result<std::process::Output, String> {
+    eprintln!("e2e: running {cmd:?}");
+    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{cmd:?} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn imports_rattler(python: &Path) -> bool {
+    python.is_file()
+        && Command::new(python)
+            .args(["-c", "import rattler"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Creates `target/e2e-venv` with the pinned requirements unless it already imports rattler with the same
+/// requirements file (a stamp inside the venv remembers which one was installed).
+fn prepare_venv() -> Result<PathBuf, String> {
+    let target = target_dir();
+    let venv = target.join("e2e-venv");
+    let python = venv.join("bin/python");
+    let requirements = e2e_dir().join("requirements.txt");
+    let wanted =
+        std::fs::read_to_string(&requirements).map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
+    let stamp = venv.join(".condagate-requirements.txt");
+
+    std::fs::create_dir_all(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    let lock_path = target.join("e2e-venv.lock");
+    let lock = File::create(&lock_path).map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+    fs4::fs_std::FileExt::lock_exclusive(&lock).map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+    // The lock is released when `lock` is dropped, on every return path.
+
+    let stamp_ok = std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted);
+    if stamp_ok && imports_rattler(&python) {
+        return Ok(python);
+    }
+
+    match Command::new("python3").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            return Err("the end-to-end tests need `python3` (with the venv module) on PATH to install py-rattler \
+                 into target/e2e-venv; install Python 3, or set CONDAGATE_SKIP_E2E=1 to skip these tests"
+                .into())
+        }
+    }
+    if !imports_rattler(&python) {
+        eprintln!("e2e: creating {} (first use)", venv.display());
+        // Debian's python3 lacks ensurepip unless python3-venv is installed: then make the venv without pip and
+        // install into it with the system's pip (`pip --python`, pip >= 22.3).
+        let with_pip = run_logged(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv));
+        if let Err(e) = with_pip {
+            eprintln!(
+                "e2e: {e}
+e2e: retrying without pip in the venv"
+            );
+            run_logged(Command::new("python3").args(["-m", "venv", "--clear", "--without-pip"]).arg(&venv))
+                .map_err(|e| format!("cannot create the e2e venv (set CONDAGATE_SKIP_E2E=1 to skip):\n{e}"))?;
+        }
+    }
+    let venv_has_pip = Command::new(&python)
+        .args(["-m", "pip", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut pip = if venv_has_pip {
+        let mut c = Command::new(&python);
+        c.args(["-m", "pip"]);
+        c
+    } else {
+        let mut c = Command::new("python3");
+        c.args(["-m", "pip", "--python"]).arg(&python);
+        c
+    };
+    pip.args(["install", "--disable-pip-version-check", "-r"]).arg(&requirements);
+    run_logged(&mut pip)
+        .map_err(|e| format!("installing the e2e requirements failed (set CONDAGATE_SKIP_E2E=1 to skip):\n{e}"))?;
+    if !imports_rattler(&python) {
+        return Err(format!(
+            "{} cannot `import rattler` after installing {}",
+            python.display(),
+            requirements.display()
+        ));
+    }
+    std::fs::write(&stamp, &wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(python)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Running the client
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One client run's result.
+struct Run {
+    what: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    /// The client's final JSON line, if it printed one.
+    json: Option<serde_json::Value>,
+    /// Its cache dir (repodata under `repodata/`, packages under `pkgs/`).
+    cache: PathBuf,
+}
+
+impl Run {
+    fn context(&self) -> String {
+        format!(
+            "{}: exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what, self.code, self.stdout, self.stderr
+        )
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        let v = self.json.as_ref().and_then(|j| j.get(key)).and_then(|v| v.as_array());
+        v.map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    }
+
+    fn field(&self, key: &str) -> String {
+        match self.json.as_ref().and_then(|j| j.get(key)) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// Exit code 0 and the JSON agreeing: the outcome was the expected one.
+    fn assert_ok(&self) {
+        assert!(
+            self.code == Some(0)
+                && self.json.as_ref().and_then(|j| j.get("ok")).and_then(|v| v.as_bool()) == Some(true),
+            "client run did not give the expected outcome\n{}",
+            self.context()
+        );
+    }
+
+    /// A successful install of exactly `names` (sorted).
+    fn assert_installed(&self, names: &[&str]) {
+        self.assert_ok();
+        assert_eq!(self.field("outcome"), "success", "{}", self.context());
+        assert_eq!(self.list("installed"), names, "installed packages differ\n{}", self.context());
+    }
+}
+
+/// Where one client run keeps its prefix and cache.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch { dir: tempfile::Builder::new().prefix("condagate-e2e-").tempdir().unwrap() }
+    }
+    fn sub(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+struct Client<'a> {
+    python: &'a Path,
+    scratch: &'a Scratch,
+    mode: &'a str,
+}
+
+impl Client<'_> {
+    /// Runs `rattler_client.py` for `spec` from `channel`, expecting `expect`; `name` picks the prefix and cache dirs.
+    async fn run(&self, name: &str, channel: &str, spec: &str, headers: &[String], expect: &str) -> Run {
+        let prefix = self.scratch.sub(&format!("{name}-prefix"));
+        let cache = self.scratch.sub(&format!("{name}-cache"));
+        let mut cmd = tokio::process::Command::new(self.python);
+        cmd.arg(e2e_dir().join("rattler_client.py"))
+            .args(["--channel", channel, "--spec", spec, "--mode", self.mode, "--expect", expect])
+            .arg("--prefix")
+            .arg(&prefix)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["--timeout", CLIENT_INNER_TIMEOUT_SECS]);
+        for h in headers {
+            cmd.args(["--header", h]);
+        }
+        // The proxy is on 127.0.0.1: never route the client through a proxy from the environment.
+        cmd.env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let what = format!("[{}] {name}: {spec} from {} (expect {expect})", self.mode, redact(channel));
+        let started = Instant::now();
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: cannot start {}: {e}", self.python.display()));
+        let out = match tokio::time::timeout(CLIENT_TIMEOUT, child.wait_with_output()).await {
+            Ok(r) => r.unwrap_or_else(|e| panic!("{what}: waiting for the client failed: {e}")),
+            Err(_) => panic!("{what}: the client did not finish within {CLIENT_TIMEOUT:?}"),
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let json = stdout.lines().rev().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str(l).ok());
+        eprintln!("e2e: {what}: exit {:?} in {:.1?}", out.status.code(), started.elapsed());
+        Run { what, code: out.status.code(), stdout, stderr, json, cache }
+    }
+}
+
+/// A channel URL for messages, without its token.
+fn redact(url: &str) -> String {
+    match url.find("/t/") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let after = rest.find('/').map(|j| &rest[j..]).unwrap_or("");
+            format!("{}/t/<TOKEN>{after}", &url[..i])
+        }
+        None => url.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Looking for the hidden name
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The bytes, decompressed when they are a zstd frame or (with the venv's python, as the crate has no bzip2) bzip2.
+fn plain(bytes: &[u8], python: &Path) -> Vec<u8> {
+    if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::decode_all(bytes).unwrap_or_else(|_| bytes.to_vec())
+    } else if bytes.starts_with(b"BZh") {
+        use std::io::Write;
+        let mut child = Command::new(python)
+            .args(["-c", "import bz2, sys; sys.stdout.buffer.write(bz2.decompress(sys.stdin.buffer.read()))"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot run python to decompress bzip2");
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "bzip2 body does not decompress");
+        out.stdout
+    } else {
+        bytes.to_vec()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    memchr::memmem::find(haystack, needle.as_bytes()).is_some()
+}
+
+/// Every file under `dir` whose (decompressed) content mentions `needle`.
+fn files_mentioning(dir: &Path, needle: &str, python: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(mut f) = File::open(&p) {
+                let mut buf = Vec::new();
+                if f.read_to_end(&mut buf).is_ok()
+                    && (contains(&plain(&buf, python), needle) || contains(p.to_string_lossy().as_bytes(), needle))
+                {
+                    found.push(p);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Fetches every repodata form of `base` (a channel or label URL with its credentials) through the proxy and
+/// returns, per form that answered 200, whether it mentions `needle`.
+async fn repodata_mentions(base: &str, headers: &[(&str, &str)], needle: &str, python: &Path) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for subdir in ["noarch", "linux-64"] {
+        for file in [
+            "repodata.json",
+            "repodata.json.zst",
+            "repodata.json.bz2",
+            "current_repodata.json",
+            "repodata_shards.msgpack.zst",
+        ] {
+            let url = format!("{base}/{subdir}/{file}");
+            let r = get(&url, headers).await;
+            assert!(r.status == 200 || r.status == 404, "GET {} answered {}: {}", redact(&url), r.status, r.text());
+            if r.status == 200 {
+                let body = plain(&r.body, python);
+                out.push((format!("{subdir}/{file}"), contains(&body, needle)));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The scenarios
+// ---------------------------------------------------------------------------------------------------------------
+
+/// (a)–(e) for one client mode, then checks that nothing bob received mentions the hidden package.
+async fn scenarios(mode: &str) {
+    let Some(python) = python().await else { return };
+    let demo = Demo::new();
+    let bob = demo.token("bob-e2e", "bob", "conda:download");
+    let alice = demo.token("alice-e2e", "alice", "conda:download");
+    let dave = demo.token("dave-e2e", "dave", "conda:download");
+    let proxy = Proxy::start(demo.config()).await;
+    let scratch = Scratch::new();
+    let client = Client { python: &python, scratch: &scratch, mode };
+    let started = Instant::now();
+
+    // (a) a restricted token installs an allowed package and its dependency.
+    let a = client.run("a-bob", &proxy.url(&format!("/t/{bob}/mychan")), "alpha", &[], "success").await;
+    a.assert_installed(&["alpha", "beta"]);
+
+    // (b) the hidden package does not exist for that token: the solver fails, not the transport.
+    let b = client.run("b-bob-secret", &proxy.url(&format!("/t/{bob}/mychan")), SECRET, &[], "solve-failure").await;
+    b.assert_ok();
+    assert!(b.list("installed").is_empty(), "nothing may be installed\n{}", b.context());
+    let err = b.field("error");
+    assert!(
+        !err.contains("HTTP") && !err.contains("status") && err.contains(SECRET),
+        "solving {SECRET} for bob must fail in the solver (no candidates), not on a fetch\n{}",
+        b.context()
+    );
+
+    // (c) the owner sees and installs it.
+    let c = client.run("c-alice-secret", &proxy.url(&format!("/t/{alice}/mychan")), SECRET, &[], "success").await;
+    c.assert_installed(&["beta", SECRET]);
+
+    // (d) a label channel: dave's grant is on label dev only, where alpha 2.0 lives.
+    let d = client
+        .run("d-dave-label", &proxy.url(&format!("/t/{dave}/mychan/label/dev")), "alpha >=2", &[], "success")
+        .await;
+    d.assert_installed(&["alpha", "beta"]);
+    assert!(d.stderr.contains("alpha-2.0"), "expected alpha 2.0 from label dev\n{}", d.context());
+
+    // (e) Bearer header instead of a path token.
+    let bearer = format!("Authorization: Bearer {bob}");
+    let e = client.run("e-bob-bearer", &proxy.url("/mychan"), "alpha", std::slice::from_ref(&bearer), "success").await;
+    e.assert_installed(&["alpha", "beta"]);
+
+    // Nothing bob's clients received mentions the hidden package; alice's cache, read the same way, does (so the
+    // search is not blind in this mode).
+    for r in [&a, &b, &e] {
+        let leaked = files_mentioning(&r.cache.join("repodata"), SECRET, &python);
+        assert!(leaked.is_empty(), "bob's repodata cache mentions {SECRET}: {leaked:?}\n{}", r.context());
+    }
+    assert!(
+        !files_mentioning(&c.cache.join("repodata"), SECRET, &python).is_empty(),
+        "alice's repodata cache should mention {SECRET}: the leak check cannot see this mode's files\n{}",
+        c.context()
+    );
+    // And every repodata form bob can fetch, by path token and by header.
+    let bob_path = repodata_mentions(&proxy.url(&format!("/t/{bob}/mychan")), &[], SECRET, &python).await;
+    let bob_header =
+        repodata_mentions(&proxy.url("/mychan"), &[("authorization", &format!("Bearer {bob}"))], SECRET, &python).await;
+    for (form, leaks) in bob_path.iter().chain(&bob_header) {
+        assert!(!leaks, "bob's {form} mentions {SECRET}");
+    }
+    assert!(bob_path.iter().any(|(f, _)| f == "noarch/repodata.json"), "bob got no noarch/repodata.json: {bob_path:?}");
+    let alice_forms = repodata_mentions(&proxy.url(&format!("/t/{alice}/mychan")), &[], SECRET, &python).await;
+    assert!(
+        alice_forms.iter().any(|(f, m)| f == "noarch/repodata.json" && *m),
+        "alice's noarch/repodata.json should mention {SECRET}: {alice_forms:?}"
+    );
+
+    eprintln!("e2e: [{mode}] all scenarios passed in {:.1?}", started.elapsed());
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_client_sees_its_view() {
+    scenarios("sharded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zst_client_sees_its_view() {
+    scenarios("zst").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_client_sees_its_view() {
+    scenarios("json").await;
+}
+
+/// (f) A token made by the real `condagate token create` installs a package and its dependency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_token_installs() {
+    let Some(python) = python().await else { return };
+    let demo = Demo::new();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_condagate"))
+        .args(["token", "create", "--config"])
+        .arg(demo.config_path())
+        .args(["--name", "cli", "--user", "bob", "--scopes", "conda:download"])
+        .output()
+        .await
+        .expect("cannot run the condagate binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "condagate token create failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    assert!(
+        token.len() >= 22 && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "the last stdout line of token create is not a token: {token:?}"
+    );
+
+    let proxy = Proxy::start(demo.config()).await;
+    let scratch = Scratch::new();
+    let client = Client { python: &python, scratch: &scratch, mode: "sharded" };
+    let r = client.run("f-cli-token", &proxy.url(&format!("/t/{token}/mychan")), "alpha", &[], "success").await;
+    r.assert_installed(&["alpha", "beta"]);
+    proxy.stop().await;
+}
+
+/// (g) A public channel installs anonymously.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_channel_installs_anonymously() {
+    let Some(python) = python().await else { return };
+    let demo = Demo::new();
+    let proxy = Proxy::start(demo.config()).await;
+    let scratch = Scratch::new();
+    let client = Client { python: &python, scratch: &scratch, mode: "sharded" };
+    let r = client.run("g-anonymous", &proxy.url("/pubchan"), "world", &[], "success").await;
+    r.assert_installed(&["hello", "world"]);
+    proxy.stop().await;
+}
