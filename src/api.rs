@@ -198,7 +198,7 @@ async fn route(
             let since = since.unwrap_or(who.created);
             Ok((
                 StatusCode::OK,
-                json!({"login": who.user, "name": who.user, "user_type": "user"}),
+                json!({"login": who.user, "name": who.user, "user_type": "user", "created_at": format_time(since)}),
             ))
         }
         (&Method::GET, ["authentication"]) => Ok((

@@ -47,6 +47,8 @@ pub struct Document {
     pub validator: String,
     /// When the upstream says it last changed.
     pub modified: Option<SystemTime>,
+    /// How long the upstream says the document stays fresh (`Cache-Control: max-age`); `None` when it does not say.
+    pub max_age: Option<Duration>,
 }
 
 /// The result of asking for a document again.
@@ -232,7 +234,7 @@ impl Upstreams {
                 // The file may have changed between the two calls; a validator from the bytes' own length keeps a
                 // torn pair from being cached under the new name.
                 let validator = file_etag(modified, bytes.len() as u64);
-                Ok(Refetch::Changed(Document { bytes: bytes.into(), validator, modified }))
+                Ok(Refetch::Changed(Document { bytes: bytes.into(), validator, modified, max_age: None }))
             }
             Source::Http { base, headers: extra } => {
                 let forward = held
@@ -253,6 +255,11 @@ impl Upstreams {
                     other => return Err(Error::Upstream(format!("{base}/{rel}: status {other}"))),
                 }
                 let h = resp.headers();
+                let max_age = h
+                    .get(http::header::CACHE_CONTROL)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok()))
+                    .map(Duration::from_secs);
                 let modified =
                     h.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
                 let validator = h
@@ -266,7 +273,7 @@ impl Upstreams {
                     limited.collect().await.map_err(|e| Error::Upstream(format!("{base}/{rel}: {e}")))?.to_bytes();
                 // Without a validator the document is identified by its content.
                 let validator = if validator.is_empty() { content_validator(&bytes) } else { validator };
-                Ok(Refetch::Changed(Document { bytes, validator, modified }))
+                Ok(Refetch::Changed(Document { bytes, validator, modified, max_age }))
             }
         }
     }

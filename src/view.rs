@@ -9,7 +9,8 @@
 //! absolute base URL, which is then rewritten for everyone.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -63,9 +64,15 @@ impl Weighter<ViewKey, Arc<Rendered>> for ByBytes {
     }
 }
 
+/// How long a document from an HTTP upstream that gives no `max-age` is used before asking again. Local files are
+/// checked (one `stat`) on every request.
+const HTTP_MIN_FRESH: Duration = Duration::from_secs(1);
+
 /// An upstream document as last fetched, and what was derived from it.
 struct Held {
     doc: Document,
+    /// When the upstream last confirmed this version.
+    checked: Mutex<Instant>,
     absolute_base_url: bool,
     shard_names: Option<Arc<std::collections::HashMap<[u8; 32], String>>>,
     index: Option<Arc<ShardIndex>>,
@@ -121,8 +128,20 @@ impl Views {
     async fn document(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
         let key = (source_id(&channel.source), rel.to_owned());
         let held = self.docs.get(&key).map(|h| Arc::clone(&h));
+        if let (Some(h), Source::Http { .. }) = (&held, &channel.source) {
+            let fresh_for = h.doc.max_age.unwrap_or(HTTP_MIN_FRESH);
+            if h.checked.lock().map(|c| c.elapsed() < fresh_for).unwrap_or(false) {
+                return Ok(Arc::clone(h));
+            }
+        }
         match up.refetch(&channel.source, rel, held.as_ref().map(|h| h.doc.validator.as_str())).await {
-            Ok(Refetch::Unchanged) => held.ok_or_else(|| Error::Internal("unchanged document not held".into())),
+            Ok(Refetch::Unchanged) => {
+                let h = held.ok_or_else(|| Error::Internal("unchanged document not held".into()))?;
+                if let Ok(mut c) = h.checked.lock() {
+                    *c = Instant::now();
+                }
+                Ok(h)
+            }
             Ok(Refetch::Changed(doc)) => {
                 let (absolute_base_url, shard_names, index) = if rel.ends_with("repodata_shards.msgpack.zst") {
                     let idx = ShardIndex::decode(&doc.bytes)
@@ -133,7 +152,7 @@ impl Views {
                         .map_err(|e| Error::Upstream(format!("{}: {rel}: {e}", channel.name)))?;
                     (abs, None, None)
                 };
-                let held = Arc::new(Held { doc, absolute_base_url, shard_names, index });
+                let held = Arc::new(Held { doc, checked: Mutex::new(Instant::now()), absolute_base_url, shard_names, index });
                 self.docs.insert(key, Arc::clone(&held));
                 Ok(held)
             }
@@ -188,7 +207,7 @@ impl Views {
             FileKind::ShardIndex => (Form::ShardIndex, FileKind::ShardIndex),
             FileKind::Shard(_) | FileKind::Package(_) | FileKind::Notices => return Ok(None),
         };
-        let source = ChannelPath { file: source_file, token: None, ..path.clone() }.upstream_path();
+        let source = ChannelPath { file: source_file.clone(), token: None, ..path.clone() }.upstream_path();
         let held = match self.document(up, channel, &source).await {
             Ok(h) => h,
             // An upstream that has only repodata.json.zst: serve it as it is when that is allowed.
@@ -196,6 +215,11 @@ impl Views {
             Err(e) => return Err(e),
         };
         let fingerprint = match view {
+            // The document is in memory already: serve its bytes as they are, with the upstream's validator.
+            View::Full if !held.absolute_base_url && source_file == path.file => {
+                let etag = quoted_etag(&held.doc.validator);
+                return Ok(Some(respond(&held.doc.bytes, &etag, held.doc.modified, method, headers)?));
+            }
             View::Full if !held.absolute_base_url => return Ok(None),
             View::Full => None,
             View::Restricted(v) => Some(v.fingerprint),
@@ -217,7 +241,7 @@ impl Views {
                 r
             }
         };
-        Ok(Some(respond(&rendered, method, headers)?))
+        Ok(Some(respond(&rendered.bytes, &rendered.etag, None, method, headers)?))
     }
 }
 
@@ -250,26 +274,44 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &View) -> Result<Rendered
     Ok(Rendered { bytes: Bytes::from(bytes), etag })
 }
 
-fn respond(r: &Rendered, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, Error> {
+/// An upstream validator as a strong ETag: kept when it is one, else a digest of it (a Last-Modified date).
+fn quoted_etag(validator: &str) -> String {
+    if validator.starts_with('"') && validator.ends_with('"') && validator.len() >= 2 {
+        validator.to_owned()
+    } else {
+        format!("\"u-{}\"", hex::encode(&Sha256::digest(validator.as_bytes())[..12]))
+    }
+}
+
+/// Answers from bytes in memory: validators, 304, ranges, HEAD. Filtered views pass no `modified`: a view also
+/// changes when the visible set does, which no upstream date shows, so clients revalidate by the ETag.
+fn respond(
+    bytes: &Bytes,
+    etag: &str,
+    modified: Option<std::time::SystemTime>,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, Error> {
     let mut resp = Response::new(empty());
     let h = resp.headers_mut();
-    // No Last-Modified: a view also changes when the visible set does, which no upstream date shows, so clients
-    // revalidate by the ETag, which covers both.
-    h.insert(ETAG, HeaderValue::from_str(&r.etag).map_err(|e| Error::Internal(e.to_string()))?);
-    if conditional::not_modified(headers, &r.etag, None) {
+    h.insert(ETAG, HeaderValue::from_str(etag).map_err(|e| Error::Internal(e.to_string()))?);
+    if let Some(v) = modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()) {
+        h.insert(http::header::LAST_MODIFIED, v);
+    }
+    if conditional::not_modified(headers, etag, modified) {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(resp);
     }
-    let len = r.bytes.len() as u64;
-    let body = match conditional::range(headers, len, &r.etag, None) {
-        RangeAsk::Whole => r.bytes.clone(),
+    let len = bytes.len() as u64;
+    let body = match conditional::range(headers, len, etag, modified) {
+        RangeAsk::Whole => bytes.clone(),
         RangeAsk::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size: len }),
         RangeAsk::Part { start, end } => {
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
                 resp.headers_mut().insert(CONTENT_RANGE, v);
             }
-            r.bytes.slice(start as usize..=end as usize)
+            bytes.slice(start as usize..=end as usize)
         }
     };
     resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
