@@ -145,6 +145,8 @@ fn parse_time(path: &Path, key: &str, value: &str) -> Result<OffsetDateTime, Sto
 
 /// Formats a time the way the tokens file and the CLI show it.
 pub fn format_time(t: OffsetDateTime) -> String {
+    // Whole seconds: enough for expiry, and columns line up.
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 

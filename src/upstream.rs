@@ -5,7 +5,10 @@
 //! validators, ranges and conditionals are forwarded and the answer relayed). Nothing from the client's request goes
 //! upstream but the validator and range headers: no token, no `Authorization`, no hop-by-hop headers.
 
+use std::future::Future;
 use std::io::SeekFrom;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -182,9 +185,10 @@ impl Upstreams {
         let mut out = Response::new(if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
             empty()
         } else {
-            // An upstream that stops mid-body makes this body fail, and hyper then aborts the client's transfer
-            // instead of ending it: a short file never looks complete.
-            incoming.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+            // An upstream that stops mid-body, or stalls longer than the upstream timeout between two chunks, makes
+            // this body fail, and hyper then aborts the client's transfer instead of ending it: a short file never
+            // looks complete, and a stalled mirror does not hold the client forever.
+            IdleTimeout::new(incoming.map_err(|e| -> BoxError { Box::new(e) }), self.timeouts.first_byte).boxed()
         });
         *out.status_mut() = status;
         let h = out.headers_mut();
@@ -276,6 +280,52 @@ impl Upstreams {
                 Ok(Refetch::Changed(Document { bytes, validator, modified, max_age }))
             }
         }
+    }
+}
+
+/// A body that fails when no frame arrives for `limit`.
+struct IdleTimeout<B> {
+    inner: B,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    fn new(inner: B, limit: Duration) -> Self {
+        IdleTimeout { inner, limit, timer: Box::pin(tokio::time::sleep(limit)) }
+    }
+}
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + self.limit;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("the upstream stalled mid-body".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

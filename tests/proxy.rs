@@ -449,6 +449,25 @@ async fn an_upstream_cut_mid_body_fails_the_client_transfer() {
     p.stop().await;
 }
 
+#[tokio::test]
+async fn an_upstream_stalling_mid_body_fails_the_client_transfer() {
+    let demo = Demo::new();
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(demo.path().join("channels/pubchan/noarch/big-1.0-0.tar.bz2"), &big).unwrap();
+    let rec = Recorder::start(demo.path().join("channels")).await;
+    let upstream = format!("[upstream]\nurl = \"{}\"\ntimeout = \"300ms\"", rec.url());
+    let p = Proxy::start(demo_config_with(&demo, &upstream)).await;
+    // The head comes at once; every chunk after it waits far longer than the upstream timeout.
+    rec.set(Behaviour::Slow(std::time::Duration::from_secs(30)));
+    let (status, headers, body) = try_get(&p.url("/pubchan/noarch/big-1.0-0.tar.bz2"), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-length"], big.len().to_string().as_str());
+    if let Ok(b) = body {
+        panic!("a stalled transfer ended normally with {} of {} bytes", b.len(), big.len());
+    }
+    p.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // ranges, HEAD and validators, for a local folder and for an HTTP upstream
 
