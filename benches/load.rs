@@ -418,6 +418,48 @@ fn wait_port(port: u16) {
     panic!("nothing listens on {port}");
 }
 
+/// Opens `n` keep-alive connections that each make one request and then sit idle; returns condagate's RSS growth.
+fn idle_connections(url: &str, n: usize, pid: u32) -> (usize, f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let uri: http::Uri = url.parse().unwrap();
+        let authority = uri.authority().unwrap().to_string();
+        let path = uri.path().to_owned();
+        let before = rss_now_mib(pid);
+        let mut held = Vec::with_capacity(n);
+        let mut ok = 0;
+        for _ in 0..n {
+            let Ok(stream) = tokio::net::TcpStream::connect(&authority).await else { continue };
+            let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                continue;
+            };
+            tokio::spawn(conn);
+            let req = http::Request::get(path.as_str())
+                .header("host", authority.as_str())
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            if let Ok(resp) = send.send_request(req).await {
+                if resp.status().is_success() && resp.into_body().collect().await.is_ok() {
+                    ok += 1;
+                }
+            }
+            held.push(send);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let grown = rss_now_mib(pid) - before;
+        drop(held);
+        (ok, grown)
+    })
+}
+
+fn rss_now_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -447,6 +489,10 @@ fn side_by_side(
 }
 
 fn main() {
+    // 10,000 idle connections need file descriptors on both ends; the server inherits this limit.
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard.min(65_536), hard);
+    }
     let o = parse_opts();
     println!(
         "condagate load bench: {} cores, {} connections, {:?} per run",
@@ -481,6 +527,29 @@ fn main() {
     drive(&full_view, o.connections, o.duration).show("11 MB repodata.json, full view (file)");
     drive(&restricted, o.connections, o.duration).show("11 MB repodata.json, restricted cached view");
     println!("  condagate peak RSS so far: {:.1} MiB\n", peak_rss_mib(pid));
+
+    // One download of a 1 GiB (sparse) file: how much does streaming it add to the peak RSS?
+    let huge = root.join("channels/pub/noarch/huge-1.0-0.tar.bz2");
+    std::fs::File::create(&huge).unwrap().set_len(1 << 30).unwrap();
+    let peak_before = peak_rss_mib(pid);
+    let t = Instant::now();
+    // One connection, stopped at once: the request already in flight still completes.
+    let r = drive(&u(&alice, "pub/noarch/huge-1.0-0.tar.bz2"), 1, Duration::from_millis(1));
+    println!(
+        "1 GiB download: {:.0} MB in {:.2} s; condagate peak RSS {peak_before:.1} -> {:.1} MiB (+{:.1} MiB)",
+        r.bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64(),
+        peak_rss_mib(pid),
+        peak_rss_mib(pid) - peak_before
+    );
+    std::fs::remove_file(&huge).ok();
+
+    let want = 10_000;
+    let (ok, grown) = idle_connections(&small, want, pid);
+    println!(
+        "{want} idle keep-alive connections: {ok} served, condagate RSS +{grown:.1} MiB, now {:.1} MiB\n",
+        rss_now_mib(pid)
+    );
 
     let rps = |r: &Run| r.rps();
     let mbps = |r: &Run| r.mbps();

@@ -17,6 +17,7 @@
 //! | `DELETE /api/authentications/name/<N>` | api:write | revokes the user's token `N` (201; 404 if it has none) |
 //! | `GET /api/channels` | api:read | channels the user owns, with their groups |
 //! | `GET /api/explain` | api:read | what the token's user can reach, and why |
+//! | `GET /api/downloads` | api:read | completed downloads per package of the channels the user owns |
 //! | `PUT`/`DELETE /api/channels/<c>/groups/<g>/members/<user>` | api:modify-group, owner of `c` | group membership |
 //! | `PUT`/`DELETE /api/channels/<c>/groups/<g>/packages/<glob>` | api:modify-group, owner of `c` | group packages |
 
@@ -236,6 +237,17 @@ async fn route(
         (&Method::GET, ["channels"]) => {
             need(&who, Scope::ApiRead)?;
             Ok((StatusCode::OK, channels_json(config, &who.user)))
+        }
+        (&Method::GET, ["downloads"]) => {
+            need(&who, Scope::ApiRead)?;
+            let owned = |c: &str| config.channel(c).is_some_and(|c| c.owners.iter().any(|o| *o == who.user));
+            let list: Vec<Value> = app
+                .metrics
+                .downloads(owned)
+                .into_iter()
+                .map(|(channel, package, n)| json!({"channel": channel, "package": package, "downloads": n}))
+                .collect();
+            Ok((StatusCode::OK, Value::Array(list)))
         }
         (&Method::GET, ["explain"]) => {
             need(&who, Scope::ApiRead)?;

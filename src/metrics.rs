@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use dashmap::DashMap;
+
 /// Upper bounds of the request duration histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
@@ -29,6 +31,9 @@ pub struct Metrics {
     upstream_errors: AtomicU64,
     refusals: [AtomicU64; REFUSALS.len()],
     throttled: AtomicU64,
+    /// Completed package downloads per (channel, package): for the admin API, never a metric label. Bounded by
+    /// the packages that exist, since only served files are counted.
+    downloads: DashMap<(String, String), u64>,
 }
 
 impl Metrics {
@@ -49,6 +54,23 @@ impl Metrics {
         if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
             self.refusals[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Counts a completed download of `package` from `channel`.
+    pub fn download(&self, channel: &str, package: &str) {
+        *self.downloads.entry((channel.to_owned(), package.to_owned())).or_insert(0) += 1;
+    }
+
+    /// Completed downloads per package of the channels `include` accepts, sorted.
+    pub fn downloads(&self, include: impl Fn(&str) -> bool) -> Vec<(String, String, u64)> {
+        let mut v: Vec<_> = self
+            .downloads
+            .iter()
+            .filter(|e| include(&e.key().0))
+            .map(|e| (e.key().0.clone(), e.key().1.clone(), *e.value()))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Counts an upstream failure.

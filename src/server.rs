@@ -271,6 +271,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         outcome: out,
         started,
         bytes: 0,
+        expected: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
         finished: false,
     };
     Response::from_parts(parts, Metered { inner: body, log }.boxed())
@@ -284,6 +285,8 @@ struct AccessLog {
     outcome: Outcome,
     started: Instant,
     bytes: u64,
+    /// The body's length from `Content-Length`, when it has one.
+    expected: Option<u64>,
     finished: bool,
 }
 
@@ -292,6 +295,9 @@ impl Drop for AccessLog {
         let elapsed = self.started.elapsed();
         self.app.metrics.response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
         let o = &self.outcome;
+        if let (true, true, Some(c), Some(p)) = (self.finished, self.status.is_success(), &o.channel, &o.package) {
+            self.app.metrics.download(c, p);
+        }
         self.span.in_scope(|| {
             tracing::info!(
                 target: "condagate::access",
@@ -333,8 +339,9 @@ impl HttpBody for Metered {
                 if let Some(d) = frame.data_ref() {
                     self.log.bytes += d.len() as u64;
                 }
-                // hyper stops polling once the body says it has ended, so "finished" is noted here too.
-                if self.inner.is_end_stream() {
+                // hyper stops polling once the body says it has ended, or once it has written Content-Length
+                // bytes, so "finished" is noted here too.
+                if self.inner.is_end_stream() || self.log.expected.is_some_and(|n| self.log.bytes >= n) {
                     self.log.finished = true;
                 }
             }

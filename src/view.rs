@@ -152,7 +152,8 @@ impl Views {
                         .map_err(|e| Error::Upstream(format!("{}: {rel}: {e}", channel.name)))?;
                     (abs, None, None)
                 };
-                let held = Arc::new(Held { doc, checked: Mutex::new(Instant::now()), absolute_base_url, shard_names, index });
+                let held =
+                    Arc::new(Held { doc, checked: Mutex::new(Instant::now()), absolute_base_url, shard_names, index });
                 self.docs.insert(key, Arc::clone(&held));
                 Ok(held)
             }

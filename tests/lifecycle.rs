@@ -1075,3 +1075,33 @@ async fn admin_api_group_changes_persist_and_take_effect_at_once() {
     assert_eq!(Config::load(&cfg).unwrap().groups[0].members, ["bob", "carol"]);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_counts_completed_downloads_per_package_for_owners_only() {
+    let demo = Demo::new();
+    let bob = demo.token("bob-dl", "bob", "conda:download api:read");
+    let alice = demo.token("alice-admin", "alice", "api:read");
+    let p = Proxy::start(demo.config()).await;
+    let url = p.url(&format!("/t/{bob}/mychan/noarch/alpha-1.0-0.tar.bz2"));
+    for _ in 0..2 {
+        assert_eq!(get(&url, &[]).await.status, 200);
+    }
+    // Neither a HEAD nor a refused download is a download.
+    assert_eq!(request("HEAD", &url, &[]).await.status, 200);
+    assert_eq!(get(&p.url(&format!("/t/{bob}/mychan/noarch/secretpkg-1.0-0.conda")), &[]).await.status, 404);
+    let downloads = p.url("/api/downloads");
+    let want = serde_json::json!([{"channel": "mychan", "package": "alpha", "downloads": 2}]);
+    // The count is taken when the response body ends, just after the client has it: poll briefly.
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = api("GET", &downloads, Some(&alice), None).await.json();
+        if seen == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, want);
+    // bob owns no channel: he sees no counts, not even of his own downloads.
+    assert_eq!(api("GET", &downloads, Some(&bob), None).await.json(), serde_json::json!([]));
+    p.stop().await;
+}
