@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -169,7 +170,11 @@ async fn channel_file(
         _ => None,
     };
     if resp.is_none() {
-        resp = Some(app.upstreams.serve(&channel.source, &path.upstream_path(), req.method(), req.headers()).await?);
+        let asked = Instant::now();
+        let result = app.upstreams.serve(&channel.source, &path.upstream_path(), req.method(), req.headers()).await;
+        out.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
+        out.upstream_status = result.as_ref().ok().map(|r| r.status().as_u16());
+        resp = Some(result?);
     }
     let mut resp = resp.ok_or_else(|| Error::Internal("no response".into()))?;
     let h = resp.headers_mut();
@@ -200,6 +205,13 @@ async fn dispatch(
     peer: SocketAddr,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Error> {
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
+        return Err(Error::UriTooLong);
+    }
+    let client = client_ip(peer.ip(), req.headers(), &snap.config.server.trusted_proxies);
+    out.client = Some(client);
+    // Throttling and the admin API see the client, not a proxy in front of it.
+    let peer = SocketAddr::new(client, peer.port());
     let route = route::parse(req.uri().path(), &snap.config.server.base_path).map_err(|e| match e {
         RouteError::BadPath => Error::BadPath,
         RouteError::NotServed => Error::NotFound,
@@ -213,12 +225,23 @@ async fn dispatch(
             };
             Ok(text(status, "application/json", body.to_string()))
         }
-        Route::Ready => match app.reload_error() {
-            None => Ok(text(StatusCode::OK, "application/json", "{\"status\":\"ready\"}".into())),
-            Some(_) => {
-                Ok(text(StatusCode::SERVICE_UNAVAILABLE, "application/json", "{\"status\":\"reload failed\"}".into()))
+        Route::Ready => {
+            let mut problems = Vec::new();
+            if let Some(e) = app.reload_error() {
+                problems.push(format!("last reload failed: {e}"));
             }
-        },
+            for c in &snap.config.channels {
+                if let Err(e) = app.upstreams.probe(&c.source).await {
+                    problems.push(format!("channel {}: upstream unreachable: {e}", c.name));
+                }
+            }
+            let (status, body) = if problems.is_empty() {
+                (StatusCode::OK, serde_json::json!({"status": "ready"}))
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "problems": problems}))
+            };
+            Ok(text(status, "application/json", body.to_string()))
+        }
         Route::Metrics => {
             let body = app.metrics.render(
                 app.views.hits(),
@@ -241,7 +264,7 @@ async fn dispatch(
 
 /// Handles one request: everything that can go wrong becomes a status and a problem+json body, never a dropped
 /// connection; one access log line is written when the response body ends (or is abandoned).
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr, in_flight: InFlight) -> Response<Body> {
     let started = Instant::now();
     let snap = app.snapshot();
     let path = route::redact_path(req.uri().path(), &snap.config.server.base_path);
@@ -273,6 +296,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         bytes: 0,
         expected: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
         finished: false,
+        _in_flight: in_flight,
     };
     Response::from_parts(parts, Metered { inner: body, log }.boxed())
 }
@@ -288,6 +312,8 @@ struct AccessLog {
     /// The body's length from `Content-Length`, when it has one.
     expected: Option<u64>,
     finished: bool,
+    /// Held until the body is done, so the connection counts as busy while it streams.
+    _in_flight: InFlight,
 }
 
 impl Drop for AccessLog {
@@ -389,10 +415,11 @@ impl Server {
             .header_read_timeout(cfg.server.header_read_timeout)
             .max_buf_size(64 * 1024);
         builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let acceptor = app.tls.as_ref().map(|store| tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config())));
-        let handshake_timeout = cfg.server.header_read_timeout;
-        let slots = Arc::new(Semaphore::new(cfg.server.max_connections));
+        let idle_limit = cfg.server.header_read_timeout;
+        let max_connections = cfg.server.max_connections;
+        let slots = Arc::new(Semaphore::new(max_connections));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -414,28 +441,28 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
+            let activity = Arc::new(Activity::new());
             let app = Arc::clone(&app);
+            let seen = Arc::clone(&activity);
             let service = service_fn(move |req| {
                 let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
+                let guard = InFlight::begin(&seen);
+                async move { Ok::<_, Infallible>(handle(app, req, peer, guard).await) }
             });
             let builder = builder.clone();
-            let watcher = graceful.watcher();
+            let stop = stop_rx.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 match acceptor {
                     None => {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                        let _ = watcher.watch(conn).await;
+                        serve_connection(&builder, TokioIo::new(stream), service, &activity, idle_limit, stop).await
                     }
                     Some(acceptor) => {
                         // The handshake gets the same deadline as a request head, so a silent client cannot hold
                         // a connection slot.
-                        let Ok(Ok(tls)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await else {
-                            return;
-                        };
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
-                        let _ = watcher.watch(conn).await;
+                        if let Ok(Ok(tls)) = tokio::time::timeout(idle_limit, acceptor.accept(stream)).await {
+                            serve_connection(&builder, TokioIo::new(tls), service, &activity, idle_limit, stop).await;
+                        }
                     }
                 }
                 drop(permit);
@@ -444,11 +471,100 @@ impl Server {
         drop(listener);
         watcher.abort();
         tracing::info!("draining connections");
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(cfg.server.shutdown_grace) => tracing::warn!("grace period over; closing the rest"),
+        let _ = stop_tx.send(true);
+        // Every live connection holds a slot: when all slots are free again, every connection has closed.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(cfg.server.shutdown_grace, slots.acquire_many(all)).await {
+            Ok(_) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("grace period over; closing the rest"),
         }
         Ok(())
+    }
+}
+
+/// What a connection is doing, for closing idle ones: requests in flight, and since when it has had none.
+struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// Nanoseconds after `born` when the last request finished (0: none yet).
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { born: Instant::now(), in_flight: AtomicUsize::new(0), idle_since: AtomicU64::new(0) }
+    }
+
+    /// When the connection will have been idle for `limit`, or `None` while a request is in flight.
+    fn idle_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.born + std::time::Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+        Some(since + limit)
+    }
+}
+
+/// Marks a request in flight on its connection until the response body is done with.
+pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(a: &Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(a))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let at = u64::try_from(self.0.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.idle_since.store(at, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one connection until it ends. It is closed gracefully when the server stops, or when it has had no
+/// request in flight for `idle_limit`: that covers a client that connects and says nothing (which hyper's own
+/// header timeout does not, while the protocol is still being sniffed), a slow request head, an idle keep-alive
+/// connection and an idle HTTP/2 connection alike.
+async fn serve_connection<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    activity: &Activity,
+    idle_limit: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let idle = async {
+        loop {
+            match activity.idle_deadline(idle_limit) {
+                Some(deadline) if deadline <= Instant::now() => return,
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => tokio::time::sleep(idle_limit).await,
+            }
+        }
+    };
+    let idled = tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => false,
+        () = idle => true,
+    };
+    conn.as_mut().graceful_shutdown();
+    if idled {
+        // An idle HTTP/2 peer may never acknowledge the GOAWAY: give it one more idle period, then drop it.
+        let _ = tokio::time::timeout(idle_limit, conn.as_mut()).await;
+    } else {
+        // Draining: in-flight requests finish; the server's grace period bounds the wait.
+        let _ = conn.as_mut().await;
     }
 }
 
