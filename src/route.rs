@@ -11,6 +11,8 @@
 //! characters, and must not be `.`, `..` or start with a dot; so no request can name a file outside its channel.
 //! Only the conda file kinds in [`FileKind`] are served: anything else is "not found".
 
+use std::borrow::Cow;
+
 use crate::token::{MalformedToken, Token};
 
 /// Why a path is refused before any authorization.
@@ -140,6 +142,11 @@ impl ChannelPath {
 
     /// The file's path relative to the channel's root at the upstream.
     pub fn upstream_path(&self) -> String {
+        self.upstream_path_for(&self.file)
+    }
+
+    /// The path of another file of the same subdir (the shard index of a shard, say), relative to the channel root.
+    pub fn upstream_path_for(&self, file: &FileKind) -> String {
         let mut p = String::with_capacity(64);
         if let Some(l) = &self.label {
             p.push_str("label/");
@@ -150,7 +157,7 @@ impl ChannelPath {
             p.push_str(s);
             p.push('/');
         }
-        match &self.file {
+        match file {
             FileKind::RepodataJson => p.push_str("repodata.json"),
             FileKind::RepodataZst => p.push_str("repodata.json.zst"),
             FileKind::RepodataBz2 => p.push_str("repodata.json.bz2"),
@@ -192,8 +199,11 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decodes one segment and checks it can name nothing but itself.
-fn decode_segment(raw: &str) -> Result<String, RouteError> {
+/// Percent-decodes one segment and checks it can name nothing but itself. Borrows when nothing is encoded.
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
+    if !raw.contains('%') {
+        return check_segment(Cow::Borrowed(raw));
+    }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -208,7 +218,10 @@ fn decode_segment(raw: &str) -> Result<String, RouteError> {
             i += 1;
         }
     }
-    let s = String::from_utf8(out).map_err(|_| RouteError::BadPath)?;
+    check_segment(Cow::Owned(String::from_utf8(out).map_err(|_| RouteError::BadPath)?))
+}
+
+fn check_segment(s: Cow<'_, str>) -> Result<Cow<'_, str>, RouteError> {
     if s == "." || s == ".." || s.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
         return Err(RouteError::BadPath);
     }
@@ -251,20 +264,20 @@ fn file_kind(file: &str) -> Option<FileKind> {
 pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
     let rest = path.strip_prefix(base_path).ok_or(RouteError::NotServed)?;
     let rest = rest.strip_prefix('/').ok_or(RouteError::NotServed)?;
-    let mut segs = Vec::with_capacity(8);
+    let mut segs: Vec<Cow<'_, str>> = Vec::with_capacity(8);
     for raw in rest.split('/') {
         segs.push(decode_segment(raw)?);
     }
-    let seg = |i: usize| segs.get(i).map(String::as_str);
+    let seg = |i: usize| segs.get(i).map(|s| &**s);
     match (seg(0), segs.len()) {
         (Some("healthz"), 1) => return Ok(Route::Health),
         (Some("readyz"), 1) => return Ok(Route::Ready),
         (Some("metrics"), 1) => return Ok(Route::Metrics),
-        (Some("api"), _) => return Ok(Route::Api(segs[1..].to_vec())),
+        (Some("api"), _) => return Ok(Route::Api(segs[1..].iter().map(|s| s.to_string()).collect())),
         _ => {}
     }
-    let mut rest: &[String] = &segs;
-    let token = if rest.first().map(String::as_str) == Some("t") {
+    let mut rest: &[Cow<'_, str>] = &segs;
+    let token = if seg(0) == Some("t") {
         let t = rest.get(1).ok_or(RouteError::NotServed)?;
         let parsed = Token::parse(t);
         rest = &rest[2..];
@@ -276,19 +289,19 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
     if rest.len() == 1 && rest[0] == "notices.json" {
         return Ok(Route::Channel(ChannelPath {
             token,
-            channel: channel.clone(),
+            channel: channel.to_string(),
             label: None,
             subdir: None,
             file: FileKind::Notices,
         }));
     }
     let mut label = None;
-    if rest.first().map(String::as_str) == Some("label") {
+    if rest.first().map(|s| &**s) == Some("label") {
         let l = rest.get(1).ok_or(RouteError::NotServed)?;
-        label = (l != "main").then(|| l.clone());
+        label = (l != "main").then(|| l.to_string());
         rest = &rest[2..];
     }
-    let file = match rest {
+    let (subdir, file) = match rest {
         [subdir, file] if valid_subdir(subdir) => (subdir, file_kind(file).ok_or(RouteError::NotServed)?),
         [subdir, shards, file] if valid_subdir(subdir) && shards == "shards" => {
             (subdir, FileKind::Shard(parse_shard_name(file).ok_or(RouteError::NotServed)?))
@@ -297,11 +310,20 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
     };
     Ok(Route::Channel(ChannelPath {
         token,
-        channel: channel.clone(),
+        channel: channel.to_string(),
         label,
-        subdir: Some(file.0.clone()),
-        file: file.1,
+        subdir: Some(subdir.to_string()),
+        file,
     }))
+}
+
+/// A request path that displays itself redacted (see [`redact_path`]).
+pub struct Redacted<'a>(pub &'a str);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_path(self.0, ""))
+    }
 }
 
 /// The path with any `/t/<TOKEN>` segment replaced by `/t/<redacted>`, for logs and spans. Works on raw, unparsed

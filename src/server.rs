@@ -31,7 +31,7 @@ use crate::config::{Access, Config, IpNet};
 use crate::error::{Blame, Error};
 use crate::policy::{Denied, Policy, View};
 use crate::route::{self, ChannelPath, FileKind, Route, RouteError};
-use crate::token::Token;
+use crate::token::{Token, TokenRecord};
 
 /// Longest request target (path and query) condagate reads; longer ones get 414.
 pub const MAX_URI: usize = 8192;
@@ -62,13 +62,10 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 #[derive(Debug, Default)]
 struct Outcome {
     client: Option<IpAddr>,
-    channel: Option<String>,
-    label: Option<String>,
-    subdir: Option<String>,
-    file: Option<String>,
-    package: Option<String>,
-    token_name: Option<String>,
-    user: Option<String>,
+    /// What was asked for, when it was a channel file.
+    path: Option<ChannelPath>,
+    /// The token's record, when one was presented and known.
+    token: Option<Arc<TokenRecord>>,
     reason: Option<&'static str>,
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
@@ -111,18 +108,11 @@ async fn channel_file(
     snap: &Snapshot,
     req: &Request<Incoming>,
     peer: SocketAddr,
-    path: ChannelPath,
+    path: &ChannelPath,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Error> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(Error::MethodNotAllowed("GET, HEAD"));
-    }
-    out.channel = Some(path.channel.clone());
-    out.label = Some(path.label_name().to_owned());
-    out.subdir = path.subdir.clone();
-    out.file = path.upstream_path().rsplit('/').next().map(str::to_owned);
-    if let FileKind::Package(p) = &path.file {
-        out.package = Some(p.name().to_owned());
     }
     let token = match &path.token {
         Some(t) => Some(t.clone().map_err(|_| Denied::Malformed)?),
@@ -136,8 +126,7 @@ async fn channel_file(
             }
             let rec = snap.tokens.lookup(&t).cloned();
             let checked = rec.ok_or(Denied::Unknown).and_then(|r| {
-                out.token_name = Some(r.name.clone());
-                out.user = Some(r.user.clone());
+                out.token = Some(Arc::clone(&r));
                 Policy::check_token(&r, OffsetDateTime::now_utc()).map(|()| r)
             });
             match checked {
@@ -217,7 +206,11 @@ async fn dispatch(
         RouteError::NotServed => Error::NotFound,
     })?;
     match route {
-        Route::Channel(path) => channel_file(app, snap, &req, peer, path, out).await,
+        Route::Channel(path) => {
+            let result = channel_file(app, snap, &req, peer, &path, out).await;
+            out.path = Some(path);
+            result
+        }
         Route::Health => {
             let (status, body) = match app.reload_error() {
                 None => (StatusCode::OK, serde_json::json!({"status": "ok"})),
@@ -253,10 +246,7 @@ async fn dispatch(
         }
         Route::Api(segments) => {
             let (resp, who) = crate::api::handle(app, snap, req, peer, segments).await;
-            if let Some(w) = who {
-                out.token_name = Some(w.name.clone());
-                out.user = Some(w.user.clone());
-            }
+            out.token = who;
             Ok(resp)
         }
     }
@@ -267,7 +257,8 @@ async fn dispatch(
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr, in_flight: InFlight) -> Response<Body> {
     let started = Instant::now();
     let snap = app.snapshot();
-    let path = route::redact_path(req.uri().path(), &snap.config.server.base_path);
+    // The path is redacted only if the span is recorded at all: nothing is formatted when logging is off.
+    let path = route::Redacted(req.uri().path());
     let span = tracing::info_span!("request", method = %req.method(), %path, peer = %peer.ip());
     let mut out = Outcome::default();
     let result = dispatch(&app, &snap, req, peer, &mut out).instrument(span.clone()).await;
@@ -321,9 +312,12 @@ impl Drop for AccessLog {
         let elapsed = self.started.elapsed();
         self.app.metrics.response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
         let o = &self.outcome;
-        if let (true, true, Some(c), Some(p)) = (self.finished, self.status.is_success(), &o.channel, &o.package) {
-            self.app.metrics.download(c, p);
+        if let (true, true, Some(path)) = (self.finished, self.status.is_success(), &o.path) {
+            if let FileKind::Package(p) = &path.file {
+                self.app.metrics.download(&path.channel, p.name());
+            }
         }
+        let path = o.path.as_ref();
         self.span.in_scope(|| {
             tracing::info!(
                 target: "condagate::access",
@@ -332,13 +326,16 @@ impl Drop for AccessLog {
                 complete = self.finished,
                 duration_ms = elapsed.as_secs_f64() * 1e3,
                 client = o.client.map(tracing::field::display),
-                channel = o.channel.as_deref(),
-                label = o.label.as_deref(),
-                subdir = o.subdir.as_deref(),
-                file = o.file.as_deref(),
-                package = o.package.as_deref(),
-                token_name = o.token_name.as_deref(),
-                user = o.user.as_deref(),
+                channel = path.map(|p| p.channel.as_str()),
+                label = path.map(|p| p.label_name()),
+                subdir = path.and_then(|p| p.subdir.as_deref()),
+                file = path.map(|p| tracing::field::display(p.upstream_path().rsplit('/').next().unwrap_or_default().to_owned())),
+                package = path.and_then(|p| match &p.file {
+                    FileKind::Package(f) => Some(f.name()),
+                    _ => None,
+                }),
+                token_name = o.token.as_ref().map(|t| t.name.as_str()),
+                user = o.token.as_ref().map(|t| t.user.as_str()),
                 reason = o.reason,
                 upstream_status = o.upstream_status,
                 upstream_ms = o.upstream_ms,

@@ -52,6 +52,26 @@ pub struct Document {
     pub modified: Option<SystemTime>,
     /// How long the upstream says the document stays fresh (`Cache-Control: max-age`); `None` when it does not say.
     pub max_age: Option<Duration>,
+    /// For a local file: its modification time and size when read, to notice changes with one `stat`.
+    pub stamp: Option<FileStamp>,
+}
+
+/// A local file's modification time and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        FileStamp { modified: meta.modified().ok(), len: meta.len() }
+    }
+
+    /// The file's strong ETag.
+    pub fn etag(&self) -> String {
+        file_etag(self.modified, self.len)
+    }
 }
 
 /// The result of asking for a document again.
@@ -222,13 +242,13 @@ impl Upstreams {
         match source {
             Source::Dir(root) => {
                 let path = root.join(rel);
-                let meta = tokio::fs::metadata(&path).await.map_err(io_error)?;
+                let meta = std::fs::metadata(&path).map_err(io_error)?;
                 if !meta.is_file() {
                     return Err(Error::NotFound);
                 }
-                let modified = meta.modified().ok();
-                let validator = file_etag(modified, meta.len());
-                if held == Some(validator.as_str()) {
+                let stamp = FileStamp::of(&meta);
+                let modified = stamp.modified;
+                if held == Some(stamp.etag().as_str()) {
                     return Ok(Refetch::Unchanged);
                 }
                 if meta.len() > MAX_DOCUMENT {
@@ -237,8 +257,15 @@ impl Upstreams {
                 let bytes = tokio::fs::read(&path).await.map_err(io_error)?;
                 // The file may have changed between the two calls; a validator from the bytes' own length keeps a
                 // torn pair from being cached under the new name.
-                let validator = file_etag(modified, bytes.len() as u64);
-                Ok(Refetch::Changed(Document { bytes: bytes.into(), validator, modified, max_age: None }))
+                let stamp = FileStamp { modified, len: bytes.len() as u64 };
+                let validator = stamp.etag();
+                Ok(Refetch::Changed(Document {
+                    bytes: bytes.into(),
+                    validator,
+                    modified,
+                    max_age: None,
+                    stamp: Some(stamp),
+                }))
             }
             Source::Http { base, headers: extra } => {
                 let forward = held
@@ -277,7 +304,7 @@ impl Upstreams {
                     limited.collect().await.map_err(|e| Error::Upstream(format!("{base}/{rel}: {e}")))?.to_bytes();
                 // Without a validator the document is identified by its content.
                 let validator = if validator.is_empty() { content_validator(&bytes) } else { validator };
-                Ok(Refetch::Changed(Document { bytes, validator, modified, max_age }))
+                Ok(Refetch::Changed(Document { bytes, validator, modified, max_age, stamp: None }))
             }
         }
     }
@@ -329,6 +356,16 @@ where
 fn content_validator(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     format!("\"sha256-{}\"", hex::encode(&Sha256::digest(bytes)[..16]))
+}
+
+/// A local file's stamp, from one `stat`. It is called on the reactor thread on purpose: a `stat` of a file the
+/// kernel has cached takes about a microsecond, far less than handing it to the blocking pool and back.
+pub fn file_stamp(path: &Path) -> Result<FileStamp, Error> {
+    let meta = std::fs::metadata(path).map_err(io_error)?;
+    if !meta.is_file() {
+        return Err(Error::NotFound);
+    }
+    Ok(FileStamp::of(&meta))
 }
 
 /// Serves a local file: validators, 304, ranges, HEAD, and a streamed body read in large chunks.

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -52,7 +52,25 @@ struct ViewKey {
 #[derive(Debug)]
 pub struct Rendered {
     bytes: Bytes,
-    etag: String,
+    validators: Validators,
+}
+
+/// Response validators, formatted once when a document or view is made rather than on every request.
+#[derive(Debug, Clone)]
+struct Validators {
+    etag: HeaderValue,
+    last_modified: Option<HeaderValue>,
+    modified: Option<SystemTime>,
+}
+
+impl Validators {
+    fn new(etag: &str, modified: Option<SystemTime>) -> Result<Self, Error> {
+        Ok(Validators {
+            etag: HeaderValue::from_str(etag).map_err(|e| Error::Internal(format!("ETag {etag:?}: {e}")))?,
+            last_modified: modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
+            modified,
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -71,6 +89,10 @@ const HTTP_MIN_FRESH: Duration = Duration::from_secs(1);
 /// An upstream document as last fetched, and what was derived from it.
 struct Held {
     doc: Document,
+    /// Where it came from: a reload may point a channel elsewhere.
+    source: Source,
+    /// The upstream's validators, as served for a full view.
+    validators: Validators,
     /// When the upstream last confirmed this version.
     checked: Mutex<Instant>,
     absolute_base_url: bool,
@@ -81,7 +103,9 @@ struct Held {
 /// The view cache and the upstream documents it is computed from.
 pub struct Views {
     cache: Cache<ViewKey, Arc<Rendered>, ByBytes>,
-    docs: DashMap<(String, String), Arc<Held>>,
+    /// Upstream documents by channel name, then path.
+    docs: DashMap<String, DashMap<String, Arc<Held>>>,
+    loading: DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -94,19 +118,18 @@ fn view_etag(validator: &str, fingerprint: Option<[u8; 16]>, form: Form) -> Stri
     format!("\"v-{}\"", hex::encode(&h.finalize()[..16]))
 }
 
-fn source_id(source: &Source) -> String {
-    match source {
-        Source::Dir(p) => format!("dir:{}", p.display()),
-        Source::Http { base, .. } => format!("url:{base}"),
-    }
-}
-
 impl Views {
     /// An empty cache holding at most `max_bytes` of rendered views.
     pub fn new(max_bytes: u64) -> Self {
         // quick_cache wants an item count estimate for sizing; views are few and large.
         let cache = Cache::with_weighter(1024, max_bytes.max(1), ByBytes);
-        Views { cache, docs: DashMap::new(), hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        Views {
+            cache,
+            docs: DashMap::new(),
+            loading: DashMap::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
     /// Views served from the cache.
@@ -126,14 +149,16 @@ impl Views {
 
     /// The current upstream document at `rel`, fetched or revalidated.
     async fn document(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
-        let key = (source_id(&channel.source), rel.to_owned());
-        let held = self.docs.get(&key).map(|h| Arc::clone(&h));
-        if let (Some(h), Source::Http { .. }) = (&held, &channel.source) {
-            let fresh_for = h.doc.max_age.unwrap_or(HTTP_MIN_FRESH);
-            if h.checked.lock().map(|c| c.elapsed() < fresh_for).unwrap_or(false) {
-                return Ok(Arc::clone(h));
-            }
+        if let Some(h) = self.current(channel, rel)? {
+            return Ok(h);
         }
+        // One fetch per document at a time: a burst of first requests reads a large repodata once, not once each.
+        let gate = Arc::clone(self.loading.entry((channel.name.clone(), rel.to_owned())).or_default().value());
+        let _turn = gate.lock().await;
+        if let Some(h) = self.current(channel, rel)? {
+            return Ok(h);
+        }
+        let held = self.held(channel, rel);
         match up.refetch(&channel.source, rel, held.as_ref().map(|h| h.doc.validator.as_str())).await {
             Ok(Refetch::Unchanged) => {
                 let h = held.ok_or_else(|| Error::Internal("unchanged document not held".into()))?;
@@ -152,17 +177,59 @@ impl Views {
                         .map_err(|e| Error::Upstream(format!("{}: {rel}: {e}", channel.name)))?;
                     (abs, None, None)
                 };
-                let held =
-                    Arc::new(Held { doc, checked: Mutex::new(Instant::now()), absolute_base_url, shard_names, index });
-                self.docs.insert(key, Arc::clone(&held));
+                let validators = Validators::new(&quoted_etag(&doc.validator), doc.modified)?;
+                let held = Arc::new(Held {
+                    doc,
+                    source: channel.source.clone(),
+                    validators,
+                    checked: Mutex::new(Instant::now()),
+                    absolute_base_url,
+                    shard_names,
+                    index,
+                });
+                self.docs.entry(channel.name.clone()).or_default().insert(rel.to_owned(), Arc::clone(&held));
                 Ok(held)
             }
             Err(e) => {
                 if matches!(e, Error::NotFound) {
-                    self.docs.remove(&key);
+                    self.forget(channel, rel);
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// The document held for `rel` of `channel`, if it came from the channel's current source.
+    fn held(&self, channel: &Channel, rel: &str) -> Option<Arc<Held>> {
+        let docs = self.docs.get(&channel.name)?;
+        let h = docs.get(rel)?;
+        (h.source == channel.source).then(|| Arc::clone(&h))
+    }
+
+    fn forget(&self, channel: &Channel, rel: &str) {
+        if let Some(docs) = self.docs.get(&channel.name) {
+            docs.remove(rel);
+        }
+    }
+
+    /// The held document if it is known to be current without fetching: an HTTP document within its freshness, or
+    /// a local file whose modification time and size still match.
+    fn current(&self, channel: &Channel, rel: &str) -> Result<Option<Arc<Held>>, Error> {
+        let Some(h) = self.held(channel, rel) else {
+            return Ok(None);
+        };
+        match &channel.source {
+            Source::Http { .. } => {
+                let fresh_for = h.doc.max_age.unwrap_or(HTTP_MIN_FRESH);
+                Ok(h.checked.lock().is_ok_and(|c| c.elapsed() < fresh_for).then_some(h))
+            }
+            Source::Dir(root) => match crate::upstream::file_stamp(&root.join(rel)) {
+                Ok(stamp) => Ok((Some(stamp) == h.doc.stamp).then_some(h)),
+                Err(e) => {
+                    self.forget(channel, rel);
+                    Err(e)
+                }
+            },
         }
     }
 
@@ -178,7 +245,7 @@ impl Views {
         let View::Restricted(visible) = view else {
             return Ok(true);
         };
-        let index_path = ChannelPath { file: FileKind::ShardIndex, token: None, ..path.clone() }.upstream_path();
+        let index_path = path.upstream_path_for(&FileKind::ShardIndex);
         let held = match self.document(up, channel, &index_path).await {
             Ok(h) => h,
             Err(Error::NotFound) => return Ok(false),
@@ -208,7 +275,7 @@ impl Views {
             FileKind::ShardIndex => (Form::ShardIndex, FileKind::ShardIndex),
             FileKind::Shard(_) | FileKind::Package(_) | FileKind::Notices => return Ok(None),
         };
-        let source = ChannelPath { file: source_file.clone(), token: None, ..path.clone() }.upstream_path();
+        let source = path.upstream_path_for(&source_file);
         let held = match self.document(up, channel, &source).await {
             Ok(h) => h,
             // An upstream that has only repodata.json.zst: serve it as it is when that is allowed.
@@ -218,8 +285,7 @@ impl Views {
         let fingerprint = match view {
             // The document is in memory already: serve its bytes as they are, with the upstream's validator.
             View::Full if !held.absolute_base_url && source_file == path.file => {
-                let etag = quoted_etag(&held.doc.validator);
-                return Ok(Some(respond(&held.doc.bytes, &etag, held.doc.modified, method, headers)?));
+                return Ok(Some(respond(&held.doc.bytes, &held.validators, method, headers)?));
             }
             View::Full if !held.absolute_base_url => return Ok(None),
             View::Full => None,
@@ -242,7 +308,7 @@ impl Views {
                 r
             }
         };
-        Ok(Some(respond(&rendered.bytes, &rendered.etag, None, method, headers)?))
+        Ok(Some(respond(&rendered.bytes, &rendered.validators, method, headers)?))
     }
 }
 
@@ -272,7 +338,9 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &View) -> Result<Rendered
     .await
     .map_err(|e| Error::Internal(format!("view task: {e}")))?
     .map_err(|e| Error::Upstream(format!("{}: cannot filter: {e}", key.source)))?;
-    Ok(Rendered { bytes: Bytes::from(bytes), etag })
+    // No Last-Modified on a view: it also changes when the visible set does, which no upstream date shows, so
+    // clients revalidate by the ETag, which covers both.
+    Ok(Rendered { bytes: Bytes::from(bytes), validators: Validators::new(&etag, None)? })
 }
 
 /// An upstream validator as a strong ETag: kept when it is one, else a digest of it (a Last-Modified date).
@@ -284,21 +352,16 @@ fn quoted_etag(validator: &str) -> String {
     }
 }
 
-/// Answers from bytes in memory: validators, 304, ranges, HEAD. Filtered views pass no `modified`: a view also
-/// changes when the visible set does, which no upstream date shows, so clients revalidate by the ETag.
-fn respond(
-    bytes: &Bytes,
-    etag: &str,
-    modified: Option<std::time::SystemTime>,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Result<Response<Body>, Error> {
+/// Answers from bytes in memory: validators, 304, ranges, HEAD.
+fn respond(bytes: &Bytes, v: &Validators, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, Error> {
     let mut resp = Response::new(empty());
     let h = resp.headers_mut();
-    h.insert(ETAG, HeaderValue::from_str(etag).map_err(|e| Error::Internal(e.to_string()))?);
-    if let Some(v) = modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()) {
-        h.insert(http::header::LAST_MODIFIED, v);
+    h.insert(ETAG, v.etag.clone());
+    if let Some(lm) = &v.last_modified {
+        h.insert(http::header::LAST_MODIFIED, lm.clone());
     }
+    let etag = v.etag.to_str().unwrap_or_default();
+    let modified = v.modified;
     if conditional::not_modified(headers, etag, modified) {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(resp);
