@@ -26,6 +26,19 @@ pub struct Snapshot {
     pub policy: Arc<Policy>,
     /// The tokens.
     pub tokens: Arc<TokenTable>,
+    /// `Cache-Control` of repodata responses, public and private, formatted once per configuration.
+    pub repodata_cache_control: [http::HeaderValue; 2],
+}
+
+impl Snapshot {
+    fn new(config: Arc<Config>, policy: Arc<Policy>, tokens: Arc<TokenTable>) -> Self {
+        let age = config.server.repodata_max_age.as_secs();
+        let value = |scope: &str| {
+            http::HeaderValue::try_from(format!("{scope}, max-age={age}"))
+                .unwrap_or(http::HeaderValue::from_static("no-cache"))
+        };
+        Snapshot { repodata_cache_control: [value("public"), value("private")], config, policy, tokens }
+    }
 }
 
 /// The tokens file's identity at the last (re)load, to notice changes cheaply.
@@ -58,15 +71,16 @@ impl App {
         let tokens_stamp = stamp(&config.tokens_file);
         let tokens = TokenTable::new(store::load(&config.tokens_file)?);
         let upstreams = Upstreams::new(config.upstream_timeouts);
-        let views = Views::new(config.cache_max_bytes);
+        let views = Views::new(config.cache_max_bytes, config.upstream_recheck);
         let t = config.server.throttle;
         let throttle = Throttle::new(t.failures, t.window, t.cooldown);
         let tls = match &config.server.tls {
             Some(paths) => Some(Arc::new(CertStore::new(&paths.cert, &paths.key).map_err(anyhow::Error::msg)?)),
             None => None,
         };
+        let policy = Arc::new(Policy::new(&config));
         let snapshot =
-            Snapshot { policy: Arc::new(Policy::new(&config)), config: Arc::new(config), tokens: Arc::new(tokens) };
+            Snapshot::new(Arc::new(config), policy, Arc::new(tokens));
         Ok(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             upstreams,
@@ -121,11 +135,11 @@ impl App {
         let path = &snap.config.tokens_file;
         let now = stamp(path);
         let result = store::load(path).map_err(|e| e.to_string()).map(|records| {
-            self.snapshot.store(Arc::new(Snapshot {
-                config: Arc::clone(&snap.config),
-                policy: Arc::clone(&snap.policy),
-                tokens: Arc::new(TokenTable::new(records)),
-            }));
+            self.snapshot.store(Arc::new(Snapshot::new(
+                Arc::clone(&snap.config),
+                Arc::clone(&snap.policy),
+                Arc::new(TokenTable::new(records)),
+            )));
         });
         if let Ok(mut s) = self.tokens_stamp.lock() {
             // Remember the stamp even on failure, so a broken file is reported once, not every poll.
@@ -148,11 +162,8 @@ impl App {
             if config.server.listen != snap.config.server.listen {
                 tracing::warn!("server.listen changed; the new address takes effect after a restart");
             }
-            self.snapshot.store(Arc::new(Snapshot {
-                policy: Arc::new(Policy::new(&config)),
-                config: Arc::new(config),
-                tokens: Arc::new(TokenTable::new(records)),
-            }));
+            let policy = Arc::new(Policy::new(&config));
+            self.snapshot.store(Arc::new(Snapshot::new(Arc::new(config), policy, Arc::new(TokenTable::new(records)))));
             if let Ok(mut s) = self.tokens_stamp.lock() {
                 *s = now;
             }

@@ -101,6 +101,7 @@ struct RawUpstream {
     headers: BTreeMap<String, String>,
     connect_timeout: Option<String>,
     timeout: Option<String>,
+    recheck: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,6 +364,9 @@ pub struct Config {
     pub tokens_watch_interval: Duration,
     /// Timeouts for HTTP upstreams.
     pub upstream_timeouts: UpstreamTimeouts,
+    /// How long a repodata document read from the upstream is used before the upstream is asked again (a `stat`
+    /// for a local folder, a conditional GET for a mirror that sends no `max-age`).
+    pub upstream_recheck: Duration,
     /// Bytes of filtered repodata views kept in memory.
     pub cache_max_bytes: u64,
     /// Log line format.
@@ -592,6 +596,12 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
         }
     };
 
+    let upstream_recheck = duration(
+        p,
+        "upstream.recheck",
+        raw.upstream.as_ref().and_then(|u| u.recheck.as_ref()),
+        Duration::from_secs(1),
+    );
     let cache_max_bytes = match raw.cache.max_bytes {
         None => 256 << 20,
         Some(n) if n >= 0 => n as u64,
@@ -680,6 +690,7 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
         tokens_file,
         tokens_watch_interval,
         upstream_timeouts,
+        upstream_recheck,
         cache_max_bytes,
         log_format,
         channels,

@@ -17,11 +17,6 @@ use condagate::store::{self, format_time, TokenTable};
 use condagate::token::Token;
 use condagate::Server;
 
-// glibc's malloc showed up as about a tenth of the CPU time serving small files (perf, load bench); mimalloc's
-// thread-local free lists cut that. Measured in the README's performance section.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const DEFAULT_CONFIG: &str = "config/condagate.toml";
 
 #[derive(Parser)]

@@ -92,13 +92,15 @@ pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
     Err(Denied::Malformed)
 }
 
-fn cache_control(kind: &FileKind, access: Access, view: &View, max_age: u64) -> Option<String> {
+/// `Cache-Control` for a served file: shared caches may keep only what everyone may see.
+fn cache_control(snap: &Snapshot, kind: &FileKind, access: Access, view: &View) -> Option<HeaderValue> {
     let shared = access == Access::Public && matches!(view, View::Full);
-    let scope = if shared { "public" } else { "private" };
-    match kind {
-        FileKind::Shard(_) => Some(format!("{scope}, max-age=31536000, immutable")),
-        FileKind::Package(_) => Some(format!("{scope}, max-age=86400")),
-        k if k.is_repodata() => Some(format!("{scope}, max-age={max_age}")),
+    match (kind, shared) {
+        (FileKind::Shard(_), true) => Some(HeaderValue::from_static("public, max-age=31536000, immutable")),
+        (FileKind::Shard(_), false) => Some(HeaderValue::from_static("private, max-age=31536000, immutable")),
+        (FileKind::Package(_), true) => Some(HeaderValue::from_static("public, max-age=86400")),
+        (FileKind::Package(_), false) => Some(HeaderValue::from_static("private, max-age=86400")),
+        (k, shared) if k.is_repodata() => Some(snap.repodata_cache_control[usize::from(!shared)].clone()),
         _ => None,
     }
 }
@@ -148,13 +150,13 @@ async fn channel_file(
     let mut resp = match &path.file {
         FileKind::Package(p) if !view.allows(p.name()) => return Err(Error::NotFound),
         FileKind::Shard(hash) => {
-            if !app.views.shard_visible(&app.upstreams, channel, &path, &view, hash).await? {
+            if !app.views.shard_visible(&app.upstreams, channel, path, &view, hash).await? {
                 return Err(Error::NotFound);
             }
             None
         }
         k if k.is_repodata() => {
-            app.views.serve(&app.upstreams, channel, &path, &view, req.method(), req.headers()).await?
+            app.views.serve(&app.upstreams, channel, path, &view, req.method(), req.headers()).await?
         }
         _ => None,
     };
@@ -168,11 +170,8 @@ async fn channel_file(
     let mut resp = resp.ok_or_else(|| Error::Internal("no response".into()))?;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(path.file.content_type()));
-    let max_age = snap.config.server.repodata_max_age.as_secs();
-    if let Some(cc) = cache_control(&path.file, channel.access, &view, max_age) {
-        if let Ok(v) = HeaderValue::try_from(cc) {
-            h.insert(CACHE_CONTROL, v);
-        }
+    if let Some(cc) = cache_control(snap, &path.file, channel.access, &view) {
+        h.insert(CACHE_CONTROL, cc);
     }
     if from_header {
         h.insert(VARY, HeaderValue::from_static("Authorization"));

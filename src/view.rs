@@ -82,10 +82,6 @@ impl Weighter<ViewKey, Arc<Rendered>> for ByBytes {
     }
 }
 
-/// How long a document from an HTTP upstream that gives no `max-age` is used before asking again. Local files are
-/// checked (one `stat`) on every request.
-const HTTP_MIN_FRESH: Duration = Duration::from_secs(1);
-
 /// An upstream document as last fetched, and what was derived from it.
 struct Held {
     doc: Document,
@@ -108,6 +104,8 @@ pub struct Views {
     loading: DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// How long a held document is trusted without asking the upstream (`upstream.recheck`).
+    recheck: Duration,
 }
 
 fn view_etag(validator: &str, fingerprint: Option<[u8; 16]>, form: Form) -> String {
@@ -120,7 +118,7 @@ fn view_etag(validator: &str, fingerprint: Option<[u8; 16]>, form: Form) -> Stri
 
 impl Views {
     /// An empty cache holding at most `max_bytes` of rendered views.
-    pub fn new(max_bytes: u64) -> Self {
+    pub fn new(max_bytes: u64, recheck: Duration) -> Self {
         // quick_cache wants an item count estimate for sizing; views are few and large.
         let cache = Cache::with_weighter(1024, max_bytes.max(1), ByBytes);
         Views {
@@ -129,6 +127,7 @@ impl Views {
             loading: DashMap::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            recheck,
         }
     }
 
@@ -212,19 +211,26 @@ impl Views {
         }
     }
 
-    /// The held document if it is known to be current without fetching: an HTTP document within its freshness, or
-    /// a local file whose modification time and size still match.
+    /// The held document if it is known to be current without fetching: checked within `upstream.recheck` (or
+    /// within the `max-age` an HTTP upstream gave), or a local file whose modification time and size still match.
     fn current(&self, channel: &Channel, rel: &str) -> Result<Option<Arc<Held>>, Error> {
         let Some(h) = self.held(channel, rel) else {
             return Ok(None);
         };
+        let fresh_for = h.doc.max_age.unwrap_or(self.recheck);
+        if h.checked.lock().is_ok_and(|c| c.elapsed() < fresh_for) {
+            return Ok(Some(h));
+        }
         match &channel.source {
-            Source::Http { .. } => {
-                let fresh_for = h.doc.max_age.unwrap_or(HTTP_MIN_FRESH);
-                Ok(h.checked.lock().is_ok_and(|c| c.elapsed() < fresh_for).then_some(h))
-            }
+            Source::Http { .. } => Ok(None),
             Source::Dir(root) => match crate::upstream::file_stamp(&root.join(rel)) {
-                Ok(stamp) => Ok((Some(stamp) == h.doc.stamp).then_some(h)),
+                Ok(stamp) if Some(stamp) == h.doc.stamp => {
+                    if let Ok(mut c) = h.checked.lock() {
+                        *c = Instant::now();
+                    }
+                    Ok(Some(h))
+                }
+                Ok(_) => Ok(None),
                 Err(e) => {
                     self.forget(channel, rel);
                     Err(e)
