@@ -38,7 +38,7 @@ fn record(i: usize, user: &str) -> (String, TokenRecord) {
         name: format!("t{i}"),
         user: user.into(),
         digest: t.digest(),
-        scopes: vec![Scope::CondaDownload],
+        scopes: [Scope::CondaDownload].into_iter().collect(),
         created: OffsetDateTime::UNIX_EPOCH,
         expires: if i % 2 == 0 { None } else { Some(OffsetDateTime::UNIX_EPOCH) },
         revoked: None,

@@ -79,8 +79,7 @@ impl App {
             None => None,
         };
         let policy = Arc::new(Policy::new(&config));
-        let snapshot =
-            Snapshot::new(Arc::new(config), policy, Arc::new(tokens));
+        let snapshot = Snapshot::new(Arc::new(config), policy, Arc::new(tokens));
         Ok(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             upstreams,

@@ -596,12 +596,8 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
         }
     };
 
-    let upstream_recheck = duration(
-        p,
-        "upstream.recheck",
-        raw.upstream.as_ref().and_then(|u| u.recheck.as_ref()),
-        Duration::from_secs(1),
-    );
+    let upstream_recheck =
+        duration(p, "upstream.recheck", raw.upstream.as_ref().and_then(|u| u.recheck.as_ref()), Duration::from_secs(1));
     let cache_max_bytes = match raw.cache.max_bytes {
         None => 256 << 20,
         Some(n) if n >= 0 => n as u64,

@@ -60,7 +60,7 @@ pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(To
         name: new.name,
         user: new.user,
         digest: token.digest(),
-        scopes,
+        scopes: scopes.into_iter().collect(),
         created: now,
         expires: new.expires,
         revoked: None,

@@ -304,7 +304,7 @@ labels = ["main"]
             name: "t".into(),
             user: user.into(),
             digest: Digest([0; 32]),
-            scopes: scopes.to_vec(),
+            scopes: scopes.iter().copied().collect(),
             created: OffsetDateTime::UNIX_EPOCH,
             expires: None,
             revoked: None,

@@ -225,11 +225,8 @@ fn check_segment(s: Cow<'_, str>) -> Result<Cow<'_, str>, RouteError> {
     // Bytes first (every path is ASCII in practice); characters only when there is something beyond ASCII, for the
     // C1 control characters.
     let bad_byte = |b: u8| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f;
-    let bad = if s.is_ascii() {
-        s.bytes().any(bad_byte)
-    } else {
-        s.chars().any(|c| c == '/' || c == '\\' || c.is_control())
-    };
+    let bad =
+        if s.is_ascii() { s.bytes().any(bad_byte) } else { s.chars().any(|c| c == '/' || c == '\\' || c.is_control()) };
     if s == "." || s == ".." || bad {
         return Err(RouteError::BadPath);
     }

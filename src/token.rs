@@ -195,6 +195,45 @@ impl Scope {
     }
 }
 
+impl Scope {
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of scopes, kept as bits: a token record carries one without a heap allocation.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Scopes(u16);
+
+impl Scopes {
+    /// Whether `s` is in the set.
+    pub fn contains(self, s: Scope) -> bool {
+        self.0 & s.bit() != 0
+    }
+
+    /// The scopes in the set, in [`Scope::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Scope> {
+        Scope::ALL.iter().map(|(s, _, _)| *s).filter(move |s| self.contains(*s))
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<Scope> for Scopes {
+    fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
+        Scopes(iter.into_iter().fold(0, |bits, s| bits | s.bit()))
+    }
+}
+
+impl fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter().map(Scope::name)).finish()
+    }
+}
+
 impl FromStr for Scope {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -222,7 +261,7 @@ pub struct TokenRecord {
     /// SHA-256 of the secret.
     pub digest: Digest,
     /// What the token may do.
-    pub scopes: Vec<Scope>,
+    pub scopes: Scopes,
     /// When it was created.
     pub created: OffsetDateTime,
     /// When it stops working; `None` for never.

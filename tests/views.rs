@@ -476,8 +476,33 @@ async fn tokens_with_the_same_groups_share_a_cached_view() {
 }
 
 #[tokio::test]
-async fn an_upstream_update_invalidates_views() {
+async fn with_the_default_recheck_an_update_is_seen_within_a_second_or_so() {
     let demo = Demo::new();
+    let bob = Who::new(&demo, "bob");
+    let p = Proxy::start(demo.config()).await;
+    let json = "/mychan/noarch/repodata.json";
+    let e1 = bob.get(&p, json).await.header("etag").unwrap().to_owned();
+    let mut doc = json_file(&demo, "mychan/noarch/repodata.json");
+    doc["packages"].as_object_mut().unwrap().remove("beta-1.0-0.tar.bz2");
+    rewrite(&demo, "mychan/noarch/repodata.json", &serde_json::to_vec(&doc).unwrap(), 10);
+    // upstream.recheck defaults to 1 s: poll, and give up well after that.
+    let started = std::time::Instant::now();
+    loop {
+        let g = bob.get(&p, json).await;
+        if g.header("etag") != Some(e1.as_str()) {
+            assert!(g.json()["packages"].get("beta-1.0-0.tar.bz2").is_none(), "new ETag, old content");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the update was never seen");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_update_invalidates_views() {
+    // Checked on every request here (recheck = 0s), so each step sees the rewrite at once.
+    let demo = Demo::with("[upstream]\ndir = \"channels\"\nrecheck = \"0s\"", "");
     let (alice, bob) = (Who::new(&demo, "alice"), Who::new(&demo, "bob"));
     let p = Proxy::start(demo.config()).await;
     let json = "/mychan/noarch/repodata.json";
