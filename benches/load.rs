@@ -35,7 +35,7 @@ struct Opts {
 }
 
 fn parse_opts() -> Opts {
-    let mut o = Opts { duration: Duration::from_secs(5), connections: 64, rounds: 3, urls: Vec::new() };
+    let mut o = Opts { duration: Duration::from_secs(5), connections: 64, rounds: 5, urls: Vec::new() };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {

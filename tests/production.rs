@@ -1272,3 +1272,26 @@ async fn py_rattler_installs_over_https_trusting_the_test_certificate() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_lines_and_headers_are_refused_with_their_statuses() {
+    let demo = Demo::new();
+    let p = Proxy::start(demo.config()).await;
+    // A request target past 8 KiB: 414, as problem+json.
+    let long = format!("/pubchan/noarch/{}-1.0-0.tar.bz2", "a".repeat(9000));
+    let (status, body) = raw_get(p.addr, long.as_bytes(), "").await;
+    assert_eq!(status, Some(414), "{}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+    assert!(String::from_utf8_lossy(&body).contains("\"status\":414"));
+    // A request head past the 64 KiB buffer: hyper answers 431 before any handler runs.
+    let big_header = format!("X-Filler: {}\r\n", "b".repeat(70_000));
+    let (status, _) = raw_get(p.addr, b"/pubchan/noarch/repodata.json", &big_header).await;
+    assert_eq!(status, Some(431));
+    // More header fields than hyper parses (100): 431 as well.
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, _) = raw_get(p.addr, b"/pubchan/noarch/repodata.json", &many).await;
+    assert_eq!(status, Some(431));
+    // And a normal request still works.
+    let (status, _) = raw_get(p.addr, b"/pubchan/noarch/repodata.json", "").await;
+    assert_eq!(status, Some(200));
+    p.stop().await;
+}
