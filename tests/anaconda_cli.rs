@@ -1,139 +1,33 @@
-//! The real `anaconda` CLI (PyPI `anaconda-client`, pinned in [`REQUIREMENT`]) administering tokens through
+//! The real `anaconda` CLI (PyPI `anaconda-client`, pinned in `support::venv::ANACONDA_CLIENT`) administering tokens through
 //! condagate's `/api`: `config --set sites.cg.url`, `auth --list`, `auth --info`, `auth --list-scopes`, `whoami`,
 //! `auth --create` (legacy interactive login, kerberos authentication type: it posts with its `-t` token) and
 //! `auth --remove`. A token it creates must download through the proxy; a token it removes must stop working.
 //!
-//! The CLI is installed on first use into `target/anaconda-venv` (`python3 -m venv` + `pip install`), under a file
-//! lock so parallel test binaries do not race; a stamp in the venv remembers the pinned requirement. Without
-//! `python3` these tests fail with a clear message, unless `CONDAGATE_SKIP_E2E=1` is set: then each prints
-//! `SKIPPED: CONDAGATE_SKIP_E2E=1` and passes.
+//! The CLI is installed on first use into `target/anaconda-venv` by `support::venv`. Without `python3` these tests
+//! fail with a clear message, unless `CONDAGATE_SKIP_E2E=1` is set: then each prints `SKIPPED: CONDAGATE_SKIP_E2E=1`
+//! and passes.
 //!
 //! Each CLI run gets a private HOME and XDG folders, so no real user configuration is read or written.
 
 mod support;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use condagate::store;
 use condagate::token::Token;
 use support::*;
 
-/// The anaconda-client release these tests run.
-const REQUIREMENT: &str = "anaconda-client==1.16.0";
 /// Time one CLI run may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `target/` of this build: the parent of `CARGO_TARGET_TMPDIR` (`target/tmp`).
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest_dir().join("target"))
-}
-
-fn skip_requested() -> bool {
-    std::env::var("CONDAGATE_SKIP_E2E").is_ok_and(|v| v == "1")
-}
-
-fn run_logged(cmd: &mut std::process::Command) -> Result<(), String> {
-    eprintln!("anaconda_cli: running {cmd:?}");
-    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn imports_client(python: &Path) -> bool {
-    python.is_file()
-        && std::process::Command::new(python)
-            .args(["-c", "import binstar_client"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
-/// Creates `target/anaconda-venv` with [`REQUIREMENT`] unless it already imports the client with that requirement
-/// installed. Returns the `anaconda` executable.
-fn prepare_venv() -> Result<PathBuf, String> {
-    let target = target_dir();
-    let venv = target.join("anaconda-venv");
-    let python = venv.join("bin/python");
-    let anaconda = venv.join("bin/anaconda");
-    let stamp = venv.join(".condagate-requirement");
-
-    std::fs::create_dir_all(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    let lock_path = target.join("anaconda-venv.lock");
-    let lock = File::create(&lock_path).map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
-    fs4::fs_std::FileExt::lock_exclusive(&lock).map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
-    // The lock is released when `lock` is dropped, on every return path.
-
-    let stamp_ok = std::fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENT);
-    if stamp_ok && anaconda.is_file() && imports_client(&python) {
-        return Ok(anaconda);
-    }
-    match std::process::Command::new("python3").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => {
-            return Err("the anaconda-client tests need `python3` (with the venv module) on PATH to install \
-                        anaconda-client into target/anaconda-venv; install Python 3, or set CONDAGATE_SKIP_E2E=1 \
-                        to skip these tests"
-                .into())
-        }
-    }
-    if !python.is_file() {
-        eprintln!("anaconda_cli: creating {} (first use)", venv.display());
-        run_logged(std::process::Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv)).map_err(|e| {
-            format!(
-                "{e}\n(on Debian/Ubuntu `python3 -m venv` needs the python3-venv package; or set CONDAGATE_SKIP_E2E=1)"
-            )
-        })?;
-    }
-    run_logged(std::process::Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        REQUIREMENT,
-    ]))
-    .map_err(|e| format!("installing {REQUIREMENT} failed (set CONDAGATE_SKIP_E2E=1 to skip):\n{e}"))?;
-    if !(anaconda.is_file() && imports_client(&python)) {
-        return Err(format!("{} has no working `anaconda` after installing {REQUIREMENT}", venv.display()));
-    }
-    std::fs::write(&stamp, REQUIREMENT).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
-    Ok(anaconda)
-}
-
-/// The `anaconda` executable; `None` when these tests are to be skipped. Panics with a clear message when the
-/// environment cannot be prepared.
+/// The `anaconda` executable; `None` when these tests are to be skipped.
 async fn anaconda_exe() -> Option<PathBuf> {
-    if skip_requested() {
-        eprintln!("SKIPPED: CONDAGATE_SKIP_E2E=1");
-        return None;
-    }
-    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let ready = tokio::task::spawn_blocking(|| VENV.get_or_init(prepare_venv).clone())
-        .await
-        .expect("venv preparation panicked");
-    match ready {
-        Ok(p) => Some(p),
-        Err(e) => panic!("{e}"),
-    }
+    let python = venv::python(venv::ANACONDA_CLIENT).await?;
+    let exe = python.with_file_name("anaconda");
+    assert!(exe.is_file(), "{} has no `anaconda` executable", python.display());
+    Some(exe)
 }
 
 /// The CLI with a private home, pointed at one proxy as site `cg`.

@@ -1,9 +1,9 @@
 //! End to end: a real conda client (py-rattler, pinned in `tests/e2e/requirements.txt`) solves and installs through
 //! condagate on the demo config, over each of rattler's repodata paths (sharded, JSON+zst, plain JSON).
 //!
-//! The Python environment is prepared on first use in `target/e2e-venv` (`python3 -m venv` + `pip install -r
-//! tests/e2e/requirements.txt`), under a file lock so parallel tests and test binaries do not race. Without `python3`
-//! these tests fail, unless `CONDAGATE_SKIP_E2E=1` is set: then each prints `SKIPPED: CONDAGATE_SKIP_E2E=1` and passes.
+//! The Python environment is prepared on first use in `target/e2e-venv` by `support::venv` (pinned in
+//! `tests/e2e/requirements.txt`). Without `python3` these tests fail, unless `CONDAGATE_SKIP_E2E=1` is set: then each
+//! prints `SKIPPED: CONDAGATE_SKIP_E2E=1` and passes.
 //!
 //! Demo permissions (see `support::demo_config_text`): `mychan` is private, owned by alice; group `eng` (bob, carol)
 //! gets `alpha`, `beta*`; group `dev-testers` (dave) gets `alpha`, `beta` on label `dev` only. `pubchan` is public.
@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -36,133 +35,6 @@ fn manifest_dir() -> &'static Path {
 
 fn e2e_dir() -> PathBuf {
     manifest_dir().join("tests/e2e")
-}
-
-/// `target/` of this build: the parent of `CARGO_TARGET_TMPDIR` (`target/tmp`).
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest_dir().join("target"))
-}
-
-fn skip_requested() -> bool {
-    std::env::var("CONDAGATE_SKIP_E2E").is_ok_and(|v| v == "1")
-}
-
-/// The venv's python, ready to `import rattler`; `None` when the e2e tests are to be skipped.
-/// Panics with a clear message when the environment cannot be prepared.
-async fn python() -> Option<PathBuf> {
-    if skip_requested() {
-        eprintln!("SKIPPED: CONDAGATE_SKIP_E2E=1");
-        return None;
-    }
-    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let ready = tokio::task::spawn_blocking(|| VENV.get_or_init(prepare_venv).clone())
-        .await
-        .expect("venv preparation panicked");
-    match ready {
-        Ok(p) => Some(p),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn run_logged(cmd: &mut Command) -> Result<std::process::Output, String> {
-    eprintln!("e2e: running {cmd:?}");
-    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn imports_rattler(python: &Path) -> bool {
-    python.is_file()
-        && Command::new(python)
-            .args(["-c", "import rattler"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
-/// Creates `target/e2e-venv` with the pinned requirements unless it already imports rattler with the same
-/// requirements file (a stamp inside the venv remembers which one was installed).
-fn prepare_venv() -> Result<PathBuf, String> {
-    let target = target_dir();
-    let venv = target.join("e2e-venv");
-    let python = venv.join("bin/python");
-    let requirements = e2e_dir().join("requirements.txt");
-    let wanted =
-        std::fs::read_to_string(&requirements).map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
-    let stamp = venv.join(".condagate-requirements.txt");
-
-    std::fs::create_dir_all(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    let lock_path = target.join("e2e-venv.lock");
-    let lock = File::create(&lock_path).map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
-    fs4::fs_std::FileExt::lock_exclusive(&lock).map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
-    // The lock is released when `lock` is dropped, on every return path.
-
-    let stamp_ok = std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted);
-    if stamp_ok && imports_rattler(&python) {
-        return Ok(python);
-    }
-
-    match Command::new("python3").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => {
-            return Err("the end-to-end tests need `python3` (with the venv module) on PATH to install py-rattler \
-                 into target/e2e-venv; install Python 3, or set CONDAGATE_SKIP_E2E=1 to skip these tests"
-                .into())
-        }
-    }
-    if !imports_rattler(&python) {
-        eprintln!("e2e: creating {} (first use)", venv.display());
-        // Debian's python3 lacks ensurepip unless python3-venv is installed: then make the venv without pip and
-        // install into it with the system's pip (`pip --python`, pip >= 22.3).
-        let with_pip = run_logged(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv));
-        if let Err(e) = with_pip {
-            eprintln!(
-                "e2e: {e}
-e2e: retrying without pip in the venv"
-            );
-            run_logged(Command::new("python3").args(["-m", "venv", "--clear", "--without-pip"]).arg(&venv))
-                .map_err(|e| format!("cannot create the e2e venv (set CONDAGATE_SKIP_E2E=1 to skip):\n{e}"))?;
-        }
-    }
-    let venv_has_pip = Command::new(&python)
-        .args(["-m", "pip", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let mut pip = if venv_has_pip {
-        let mut c = Command::new(&python);
-        c.args(["-m", "pip"]);
-        c
-    } else {
-        let mut c = Command::new("python3");
-        c.args(["-m", "pip", "--python"]).arg(&python);
-        c
-    };
-    pip.args(["install", "--disable-pip-version-check", "-r"]).arg(&requirements);
-    run_logged(&mut pip)
-        .map_err(|e| format!("installing the e2e requirements failed (set CONDAGATE_SKIP_E2E=1 to skip):\n{e}"))?;
-    if !imports_rattler(&python) {
-        return Err(format!(
-            "{} cannot `import rattler` after installing {}",
-            python.display(),
-            requirements.display()
-        ));
-    }
-    std::fs::write(&stamp, &wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
-    Ok(python)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -378,7 +250,7 @@ async fn repodata_mentions(base: &str, headers: &[(&str, &str)], needle: &str, p
 
 /// (a)–(e) for one client mode, then checks that nothing bob received mentions the hidden package.
 async fn scenarios(mode: &str) {
-    let Some(python) = python().await else { return };
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
     let demo = Demo::new();
     let bob = demo.token("bob-e2e", "bob", "conda:download");
     let alice = demo.token("alice-e2e", "alice", "conda:download");
@@ -466,7 +338,7 @@ async fn json_client_sees_its_view() {
 /// (f) A token made by the real `condagate token create` installs a package and its dependency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_token_installs() {
-    let Some(python) = python().await else { return };
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
     let demo = Demo::new();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_condagate"))
         .args(["token", "create", "--config"])
@@ -499,7 +371,7 @@ async fn cli_token_installs() {
 /// (g) A public channel installs anonymously.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_channel_installs_anonymously() {
-    let Some(python) = python().await else { return };
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
     let demo = Demo::new();
     let proxy = Proxy::start(demo.config()).await;
     let scratch = Scratch::new();

@@ -1150,65 +1150,9 @@ async fn the_access_log_tells_complete_downloads_from_abandoned_ones() {
 // py-rattler over https (the venv of tests/e2e.rs, prepared the same way and under the same lock)
 // ---------------------------------------------------------------------------------------------------------------
 
-/// `target/e2e-venv/bin/python`, ready to `import rattler`, prepared as `tests/e2e.rs` does (same lock, same stamp);
-/// `None` when `CONDAGATE_SKIP_E2E=1`.
-fn rattler_python() -> Option<std::path::PathBuf> {
-    if std::env::var("CONDAGATE_SKIP_E2E").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: CONDAGATE_SKIP_E2E=1");
-        return None;
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map(Path::to_path_buf).unwrap_or(manifest.join("target"));
-    let venv = target.join("e2e-venv");
-    let python = venv.join("bin/python");
-    let requirements = manifest.join("tests/e2e/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    let stamp = venv.join(".condagate-requirements.txt");
-    std::fs::create_dir_all(&target).unwrap();
-    let lock = std::fs::File::create(target.join("e2e-venv.lock")).unwrap();
-    fs4::fs_std::FileExt::lock_exclusive(&lock).unwrap();
-    let imports = |p: &Path| {
-        p.is_file()
-            && Command::new(p).args(["-c", "import rattler"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-    };
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) && imports(&python) {
-        return Some(python);
-    }
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (set CONDAGATE_SKIP_E2E=1 to skip)"));
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed (set CONDAGATE_SKIP_E2E=1 to skip):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    if !imports(&python) {
-        let with_pip = Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv).status();
-        if !with_pip.is_ok_and(|s| s.success()) {
-            run(Command::new("python3").args(["-m", "venv", "--clear", "--without-pip"]).arg(&venv));
-        }
-    }
-    let venv_pip =
-        Command::new(&python).args(["-m", "pip", "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    let mut pip = if venv_pip.is_ok_and(|s| s.success()) {
-        let mut c = Command::new(&python);
-        c.args(["-m", "pip"]);
-        c
-    } else {
-        let mut c = Command::new("python3");
-        c.args(["-m", "pip", "--python"]).arg(&python);
-        c
-    };
-    run(pip.args(["install", "--disable-pip-version-check", "-r"]).arg(&requirements));
-    assert!(imports(&python), "{} cannot import rattler", python.display());
-    std::fs::write(&stamp, &wanted).unwrap();
-    Some(python)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_rattler_installs_over_https_trusting_the_test_certificate() {
-    let Some(python) = tokio::task::spawn_blocking(rattler_python).await.unwrap() else { return };
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
     let demo = Demo::with(LOCAL_UPSTREAM, "tls = { cert = \"cert.pem\", key = \"key.pem\" }");
     let (cert, key, _) = self_signed();
     std::fs::write(demo.path().join("cert.pem"), &cert).unwrap();

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod venv;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
