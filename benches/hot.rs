@@ -35,7 +35,7 @@ fn record(i: usize, user: &str) -> (String, TokenRecord) {
     let secret = format!("cg-bench{i:020}");
     let t = Token::parse(&secret).unwrap();
     let r = TokenRecord {
-        name: format!("t{i}"),
+        name: format!("t{i}").into(),
         user: user.into(),
         digest: t.digest(),
         scopes: [Scope::CondaDownload].into_iter().collect(),

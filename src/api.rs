@@ -240,7 +240,7 @@ async fn route(
         }
         (&Method::GET, ["downloads"]) => {
             need(&who, Scope::ApiRead)?;
-            let owned = |c: &str| config.channel(c).is_some_and(|c| c.owners.iter().any(|o| *o == who.user));
+            let owned = |c: &str| config.channel(c).is_some_and(|c| c.owners.iter().any(|o| **o == *who.user));
             let list: Vec<Value> = app
                 .metrics
                 .downloads(owned)
@@ -261,7 +261,7 @@ async fn route(
             if *m == Method::PUT || *m == Method::DELETE =>
         {
             need(&who, Scope::ApiModifyGroup)?;
-            let owner = config.channel(channel).is_some_and(|c| c.owners.iter().any(|o| *o == who.user));
+            let owner = config.channel(channel).is_some_and(|c| c.owners.iter().any(|o| **o == *who.user));
             if !owner {
                 return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
             }
@@ -292,7 +292,7 @@ fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: Offs
     };
     // anaconda-client sends `"user": null`, or an organization with `--org`: condagate has no organizations, and a
     // token only ever creates tokens for its own user.
-    if let Some(u) = body.get("user").and_then(|v| v.as_str()).filter(|u| *u != who.user) {
+    if let Some(u) = body.get("user").and_then(|v| v.as_str()).filter(|u| **u != *who.user) {
         return Err(err(
             StatusCode::FORBIDDEN,
             format!("this token can only create tokens for {:?}, not {u:?}", who.user),
@@ -323,7 +323,7 @@ fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: Offs
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect::<Vec<_>>())
         .or_else(|| who.channels.clone());
-    let new = NewToken { name: name.to_owned(), user: who.user.clone(), scopes, expires, channels };
+    let new = NewToken { name: name.to_owned(), user: who.user.to_string(), scopes, expires, channels };
     let (token, record) = lifecycle::create(config, new, now)?;
     reload_tokens(app);
     let mut v = token_json(&record, now);

@@ -57,8 +57,8 @@ pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(To
     }
     let token = Token::generate();
     let record = TokenRecord {
-        name: new.name,
-        user: new.user,
+        name: new.name.into(),
+        user: new.user.into(),
         digest: token.digest(),
         scopes: scopes.into_iter().collect(),
         created: now,
@@ -91,7 +91,7 @@ pub fn revoke(
         let matching: Vec<usize> = records
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.name == name && r.revoked.is_none() && user.is_none_or(|u| r.user == u))
+            .filter(|(_, r)| *r.name == *name && r.revoked.is_none() && user.is_none_or(|u| *r.user == *u))
             .map(|(i, _)| i)
             .collect();
         match matching.as_slice() {

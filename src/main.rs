@@ -230,7 +230,7 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
             let config = load_config(&config)?;
             let records = store::load(&config.tokens_file)?;
             println!("{:<20} {:<12} {:<30} {:<21} {:<21} STATUS", "NAME", "USER", "SCOPES", "CREATED", "EXPIRES");
-            for r in records.iter().filter(|r| user.as_deref().is_none_or(|u| r.user == u)) {
+            for r in records.iter().filter(|r| user.as_deref().is_none_or(|u| *r.user == *u)) {
                 let scopes = r.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(" ");
                 println!(
                     "{:<20} {:<12} {:<30} {:<21} {:<21} {}",

@@ -195,10 +195,10 @@ impl Policy {
         if !who.reaches_channel(channel) {
             return Err(Denied::NotAllowed);
         }
-        if c.access == Access::Authenticated || c.owners.contains(&who.user) {
+        if c.access == Access::Authenticated || c.owners.contains(&*who.user) {
             return Ok(View::Full);
         }
-        let grants = c.members.get(&who.user).ok_or(Denied::NotAllowed)?;
+        let grants = c.members.get(&*who.user).ok_or(Denied::NotAllowed)?;
         let (full, visible) = match grants.by_label.get(label) {
             Some(v) => (grants.full_by_label.contains(label), v.as_ref()),
             None => (grants.full_other, grants.other.as_ref()),

@@ -254,10 +254,10 @@ impl fmt::Display for Scope {
 /// What condagate knows about one token: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
-    /// Name given at creation, unique per user.
-    pub name: String,
+    /// Name given at creation, unique per user. (`Box<str>`, not `String`: a million records save 16 MB.)
+    pub name: Box<str>,
     /// The user the token acts for.
-    pub user: String,
+    pub user: Box<str>,
     /// SHA-256 of the secret.
     pub digest: Digest,
     /// What the token may do.

@@ -208,8 +208,8 @@ async fn the_anaconda_cli_lists_creates_and_removes_tokens_through_condagate() {
     assert!(is_token(&made), "auth --create printed no token\n{}", r.context());
     assert_ne!(made, admin);
     let records = store::load(&demo.config().tokens_file).unwrap();
-    let rec = records.iter().find(|r| r.name == "ci-made").expect("the created token is not in the tokens file");
-    assert_eq!(rec.user, "alice");
+    let rec = records.iter().find(|r| &*r.name == "ci-made").expect("the created token is not in the tokens file");
+    assert_eq!(&*rec.user, "alice");
     assert_eq!(rec.scopes.iter().map(|s| s.name()).collect::<Vec<_>>(), ["conda:download"]);
     let left = rec.expires.expect("--max-age gives an expiry") - time::OffsetDateTime::now_utc();
     assert!(left > time::Duration::minutes(50) && left <= time::Duration::hours(1), "expires in {left}");
@@ -260,7 +260,7 @@ async fn the_anaconda_cli_shows_condagate_refusals() {
     .await
     .failed()
     .has("this token cannot grant the all scope");
-    assert!(!store::load(&demo.config().tokens_file).unwrap().iter().any(|r| r.name == "wide"));
+    assert!(!store::load(&demo.config().tokens_file).unwrap().iter().any(|r| &*r.name == "wide"));
     // Removing a token the user does not have.
     cli.with_token(&writer, &["auth", "--remove", "dl"]).await.failed().has("no active token named \"dl\"");
     assert!(store::load(&demo.config().tokens_file).unwrap().iter().all(|r| r.revoked.is_none()));

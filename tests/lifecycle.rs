@@ -290,7 +290,7 @@ fn cli_refuses_duplicates_unknown_scopes_past_expiry_and_ambiguous_revokes() {
 
     assert_ok(&cli(&cfg, &["token", "revoke", "laptop", "--user", "carol"]));
     let records = store::load(&tokens_file(&demo)).unwrap();
-    let state: Vec<(&str, bool)> = records.iter().map(|r| (r.user.as_str(), r.revoked.is_some())).collect();
+    let state: Vec<(&str, bool)> = records.iter().map(|r| (&*r.user, r.revoked.is_some())).collect();
     assert_eq!(state, [("bob", false), ("carol", true)]);
     // Once carol's is revoked, the name is free again for carol.
     create(&cfg, "laptop", "carol", "conda:download", &[]);
@@ -326,7 +326,7 @@ fn cli_twenty_concurrent_creates_all_persist() {
         secrets.push(last);
     }
     let records = store::load(&tokens_file(&demo)).unwrap();
-    let names: HashSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    let names: HashSet<&str> = records.iter().map(|r| &*r.name).collect();
     assert_eq!(records.len(), 20, "expected 20 records, found {}: {names:?}", records.len());
     assert_eq!(names, (0..20).map(|i| format!("par{i}")).collect::<HashSet<_>>().iter().map(String::as_str).collect());
     let table = store::TokenTable::new(records);
@@ -837,9 +837,9 @@ async fn admin_api_each_scope_allows_exactly_its_operations() {
     // The side effects match: exactly the allowed rows revoked their victim and created a token.
     let records = store::load(&tokens_file(&demo)).unwrap();
     for (row, (scope, allowed)) in TABLE.iter().enumerate() {
-        let victim = records.iter().find(|r| r.name == format!("victim-{row}")).unwrap();
+        let victim = records.iter().find(|r| *r.name == *format!("victim-{row}")).unwrap();
         assert_eq!(victim.revoked.is_some(), allowed.contains(&"revoke token"), "{scope}: victim-{row}");
-        let made = records.iter().any(|r| r.name == format!("made-{row}"));
+        let made = records.iter().any(|r| *r.name == *format!("made-{row}"));
         assert_eq!(made, allowed.contains(&"create token"), "{scope}: made-{row}");
     }
     // The last allowed row removed zed again: the group is as it started.
@@ -888,7 +888,7 @@ async fn admin_api_users_see_and_revoke_only_their_own_tokens() {
     assert_eq!(g.status, 201, "{}", g.text());
     let records = store::load(&tokens_file(&demo)).unwrap();
     let shared: Vec<(&str, bool)> =
-        records.iter().filter(|r| r.name == "shared-name").map(|r| (r.user.as_str(), r.revoked.is_some())).collect();
+        records.iter().filter(|r| &*r.name == "shared-name").map(|r| (&*r.user, r.revoked.is_some())).collect();
     assert_eq!(shared, [("alice", false), ("bob", true)]);
     assert_eq!(get(&repodata_url(&p.url(""), &alice_dl, "mychan"), &[]).await.status, 200);
 
@@ -937,7 +937,7 @@ async fn admin_api_creates_no_token_broader_than_its_caller() {
     let g = post(admin.clone(), json!({"note": "wider", "scopes": ["all"]})).await;
     assert_eq!(g.status, 403, "{}", g.text());
     assert!(
-        !store::load(&tokens_file(&demo)).unwrap().iter().any(|r| r.name == "wider"),
+        !store::load(&tokens_file(&demo)).unwrap().iter().any(|r| &*r.name == "wider"),
         "a refused create was stored"
     );
 

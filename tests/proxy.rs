@@ -129,7 +129,7 @@ fn tokens(demo: &Demo) -> Tokens {
     lifecycle::revoke(&cfg.tokens_file, "bob-old", Some("bob"), OffsetDateTime::now_utc()).unwrap();
     let at = OffsetDateTime::parse(EXPIRED_AT, &time::format_description::well_known::Rfc3339).unwrap();
     store::update(&cfg.tokens_file, |records| {
-        records.iter_mut().find(|r| r.name == "bob-exp").unwrap().expires = Some(at);
+        records.iter_mut().find(|r| &*r.name == "bob-exp").unwrap().expires = Some(at);
         Ok(())
     })
     .unwrap();
