@@ -168,6 +168,6 @@ impl App {
             }
             Ok(())
         });
-        self.record(result)
+        self.record(result.and(tls))
     }
 }

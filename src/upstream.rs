@@ -166,6 +166,14 @@ impl Upstreams {
         match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
             Err(_) => Err(Error::UpstreamTimeout),
             Ok(Err(e)) => {
+                // A connect timeout is the upstream being too slow, like a late first byte: 504, not 502.
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    if c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+                        return Err(Error::UpstreamTimeout);
+                    }
+                    cause = c.source();
+                }
                 let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
                 Err(Error::Upstream(format!("{base}/{rel}: {why}")))
             }

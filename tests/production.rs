@@ -703,7 +703,16 @@ async fn an_upstream_refusing_connections_gives_502() {
     }
     let metrics = get(&proxy.url("/metrics"), &[]).await.text();
     assert!(metric(&metrics, "condagate_upstream_errors_total").unwrap_or(0.0) >= 2.0, "{metrics}");
+    // Not ready while the upstream is unreachable; alive all the same.
+    let ready = get(&proxy.url("/readyz"), &[]).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("channel pubchan: upstream unreachable"), "{}", ready.text());
+    assert_eq!(get(&proxy.url("/healthz"), &[]).await.status, 200);
     proxy.stop().await;
+    let local_demo = Demo::new();
+    let local = Proxy::start(local_demo.config()).await;
+    assert_eq!(get(&local.url("/readyz"), &[]).await.status, 200);
+    local.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1237,5 +1246,29 @@ async fn oversized_request_lines_and_headers_are_refused_with_their_statuses() {
     // And a normal request still works.
     let (status, _) = raw_get(p.addr, b"/pubchan/noarch/repodata.json", "").await;
     assert_eq!(status, Some(200));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_completes_the_connection_gives_504() {
+    // A listener with a backlog of one that never accepts: once its queue is full the kernel drops further SYNs,
+    // so the proxy's connect hangs until upstream.connect_timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+    }
+    let demo =
+        Demo::with(&format!("[upstream]\nurl = \"http://{addr}\"\nconnect_timeout = \"300ms\"\ntimeout = \"30s\""), "");
+    let p = Proxy::start(demo.config()).await;
+    let got = get(&p.url("/pubchan/noarch/hello-1.0-0.tar.bz2"), &[]).await;
+    assert_problem(&got, 504);
+    drop(listener);
     p.stop().await;
 }
