@@ -22,7 +22,6 @@
 //! | `PUT`/`DELETE /api/channels/<c>/groups/<g>/packages/<glob>` | api:modify-group, owner of `c` | group packages |
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -35,9 +34,10 @@ use time::OffsetDateTime;
 use crate::app::{App, Snapshot};
 use crate::body::{full, Body};
 use crate::config::Config;
+use crate::error::Error;
 use crate::lifecycle::{self, NewToken};
-use crate::policy::{self, Denied, Policy};
-use crate::server::header_token;
+use crate::policy::{self, Denied};
+use crate::server::{check_token, header_token};
 use crate::store::{format_time, StoreError};
 use crate::token::{Scope, TokenRecord};
 
@@ -98,27 +98,17 @@ fn identify(
     peer: std::net::SocketAddr,
 ) -> Result<Arc<TokenRecord>, ApiError> {
     let unauthorized = |m: &str| err(StatusCode::UNAUTHORIZED, m);
-    if let Some(secs) = app.throttle.blocked(peer.ip(), Instant::now()) {
-        return Err(err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {secs} s")));
-    }
     let token = header_token(req.headers())
         .map_err(|_| unauthorized("the token given is malformed"))?
         .ok_or_else(|| unauthorized("authentication required: send Authorization: token <TOKEN>"))?;
-    let checked = snap
-        .tokens
-        .lookup(&token)
-        .cloned()
-        .ok_or(Denied::Unknown)
-        .and_then(|r| Policy::check_token(&r, OffsetDateTime::now_utc()).map(|()| r));
-    checked.map_err(|d| {
-        if app.throttle.failure(peer.ip(), Instant::now()) {
-            app.metrics.throttled();
+    let mut seen = None;
+    check_token(app, snap, &token, peer.ip(), &mut seen).map_err(|e| match e {
+        Error::Throttled { retry_after } => {
+            err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {retry_after} s"))
         }
-        match d {
-            Denied::Expired(at) => unauthorized(&format!("the token given expired at {}", format_time(at))),
-            Denied::Revoked => unauthorized("the token given has been revoked"),
-            _ => unauthorized("the token given is invalid"),
-        }
+        Error::Denied(Denied::Expired(at)) => unauthorized(&format!("the token given expired at {}", format_time(at))),
+        Error::Denied(Denied::Revoked) => unauthorized("the token given has been revoked"),
+        _ => unauthorized("the token given is invalid"),
     })
 }
 

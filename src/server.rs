@@ -122,32 +122,14 @@ async fn channel_file(
     };
     let record = match token {
         None => None,
-        Some(t) => {
-            if let Some(retry_after) = app.throttle.blocked(peer.ip(), Instant::now()) {
-                return Err(Error::Throttled { retry_after });
-            }
-            let rec = snap.tokens.lookup(&t).cloned();
-            let checked = rec.ok_or(Denied::Unknown).and_then(|r| {
-                out.token = Some(Arc::clone(&r));
-                Policy::check_token(&r, OffsetDateTime::now_utc()).map(|()| r)
-            });
-            match checked {
-                Ok(r) => Some(r),
-                Err(d) => {
-                    if app.throttle.failure(peer.ip(), Instant::now()) {
-                        app.metrics.throttled();
-                        tracing::warn!(client = %peer.ip(), "too many failed token checks; cooling down");
-                    }
-                    return Err(d.into());
-                }
-            }
-        }
+        Some(t) => Some(check_token(app, snap, &t, peer.ip(), &mut out.token)?),
     };
     let view = snap.policy.authorize(&path.channel, path.label_name(), record.as_deref())?;
     let channel = snap.config.channel(&path.channel).ok_or(Error::NotFound)?;
     let from_header = path.token.is_none() && record.is_some();
 
-    let mut resp = match &path.file {
+    // A view (filtered, or held in memory) when the file is repodata; otherwise the upstream's bytes.
+    let from_view = match &path.file {
         FileKind::Package(p) if !view.allows(p.name()) => return Err(Error::NotFound),
         FileKind::Shard(hash) => {
             if !app.views.shard_visible(&app.upstreams, channel, path, &view, hash).await? {
@@ -160,14 +142,16 @@ async fn channel_file(
         }
         _ => None,
     };
-    if resp.is_none() {
-        let asked = Instant::now();
-        let result = app.upstreams.serve(&channel.source, &path.upstream_path(), req.method(), req.headers()).await;
-        out.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
-        out.upstream_status = result.as_ref().ok().map(|r| r.status().as_u16());
-        resp = Some(result?);
-    }
-    let mut resp = resp.ok_or_else(|| Error::Internal("no response".into()))?;
+    let mut resp = match from_view {
+        Some(r) => r,
+        None => {
+            let asked = Instant::now();
+            let result = app.upstreams.serve(&channel.source, &path.upstream_path(), req.method(), req.headers()).await;
+            out.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
+            out.upstream_status = result.as_ref().ok().map(|r| r.status().as_u16());
+            result?
+        }
+    };
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(path.file.content_type()));
     if let Some(cc) = cache_control(snap, &path.file, channel.access, &view) {
@@ -177,6 +161,31 @@ async fn channel_file(
         h.insert(VARY, HeaderValue::from_static("Authorization"));
     }
     Ok(resp)
+}
+
+/// Looks a presented token up and checks it, counting a failure against the client's address and refusing an
+/// address that is cooling down. `seen` gets the record whenever the token is known, even if refused, for the log.
+pub fn check_token(
+    app: &App,
+    snap: &Snapshot,
+    token: &Token,
+    client: IpAddr,
+    seen: &mut Option<Arc<TokenRecord>>,
+) -> Result<Arc<TokenRecord>, Error> {
+    if let Some(retry_after) = app.throttle.blocked(client, Instant::now()) {
+        return Err(Error::Throttled { retry_after });
+    }
+    let checked = snap.tokens.lookup(token).cloned().ok_or(Denied::Unknown).and_then(|r| {
+        *seen = Some(Arc::clone(&r));
+        Policy::check_token(&r, OffsetDateTime::now_utc()).map(|()| r)
+    });
+    checked.map_err(|d| {
+        if app.throttle.failure(client, Instant::now()) {
+            app.metrics.throttled();
+            tracing::warn!(%client, "too many failed token checks; cooling down");
+        }
+        Error::Denied(d)
+    })
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
