@@ -1272,3 +1272,28 @@ async fn an_upstream_that_never_completes_the_connection_gives_504() {
     drop(listener);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_style_reload_refuses_a_broken_certificate_and_takes_a_good_one() {
+    let demo = Demo::with(LOCAL_UPSTREAM, "tls = { cert = \"cert.pem\", key = \"key.pem\" }");
+    let (cert1, key1, der1) = self_signed();
+    let (cert_path, key_path) = (demo.path().join("cert.pem"), demo.path().join("key.pem"));
+    std::fs::write(&cert_path, &cert1).unwrap();
+    std::fs::write(&key_path, &key1).unwrap();
+    let proxy = Proxy::start(demo.config()).await;
+    // `App::reload_all` is what SIGHUP runs. A broken key is refused, named, and shown by /healthz.
+    replace_file(&key_path, "not a key");
+    let err = proxy.app.reload_all().unwrap_err();
+    assert!(err.contains("key.pem"), "{err}");
+    let tls = tls_connect(proxy.addr, tls_client_config(&[&der1], &[b"http/1.1"]), "localhost").await;
+    assert_eq!(leaf(&tls), der1, "the old certificate must keep serving");
+    // A good pair is taken, and clears the failure.
+    let (cert2, key2, der2) = self_signed();
+    replace_file(&cert_path, &cert2);
+    replace_file(&key_path, &key2);
+    proxy.app.reload_all().unwrap();
+    assert_eq!(proxy.app.reload_error(), None);
+    let tls = tls_connect(proxy.addr, tls_client_config(&[&der2], &[b"http/1.1"]), "localhost").await;
+    assert_eq!(leaf(&tls), der2);
+    proxy.stop().await;
+}
