@@ -5,7 +5,6 @@
 //! that fails to parse or check is refused and the old state keeps serving; the failure shows in `/healthz`.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
@@ -15,7 +14,7 @@ use crate::policy::Policy;
 use crate::store::{self, TokenTable};
 use crate::throttle::Throttle;
 use crate::tls::CertStore;
-use crate::upstream::Upstreams;
+use crate::upstream::{FileStamp, Upstreams};
 use crate::view::Views;
 
 /// One consistent state: what a request is served under.
@@ -41,13 +40,6 @@ impl Snapshot {
     }
 }
 
-/// The tokens file's identity at the last (re)load, to notice changes cheaply.
-type FileStamp = Option<(SystemTime, u64)>;
-
-fn stamp(path: &std::path::Path) -> FileStamp {
-    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
-}
-
 /// Everything a running server shares between connections.
 pub struct App {
     snapshot: ArcSwap<Snapshot>,
@@ -62,13 +54,14 @@ pub struct App {
     /// The TLS certificate in use, when TLS is on.
     pub tls: Option<Arc<CertStore>>,
     reload_error: Mutex<Option<String>>,
-    tokens_stamp: Mutex<FileStamp>,
+    /// The tokens file's stamp at the last (re)load, to notice changes with one `stat`.
+    tokens_stamp: Mutex<Option<FileStamp>>,
 }
 
 impl App {
     /// Builds the state from a checked configuration, reading its tokens file.
     pub fn new(config: Config) -> Result<Self, anyhow::Error> {
-        let tokens_stamp = stamp(&config.tokens_file);
+        let tokens_stamp = FileStamp::read(&config.tokens_file);
         let tokens = TokenTable::new(store::load(&config.tokens_file)?);
         let upstreams = Upstreams::new(config.upstream_timeouts);
         let views = Views::new(config.cache_max_bytes, config.upstream_recheck);
@@ -118,7 +111,7 @@ impl App {
     /// Re-reads the tokens file if it changed since the last look. Returns whether it reloaded.
     pub fn reload_tokens_if_changed(&self) -> Result<bool, String> {
         let snap = self.snapshot();
-        let now = stamp(&snap.config.tokens_file);
+        let now = FileStamp::read(&snap.config.tokens_file);
         {
             let held = self.tokens_stamp.lock().map_err(|_| "poisoned lock".to_owned())?;
             if *held == now {
@@ -132,7 +125,7 @@ impl App {
     pub fn reload_tokens(&self) -> Result<(), String> {
         let snap = self.snapshot();
         let path = &snap.config.tokens_file;
-        let now = stamp(path);
+        let now = FileStamp::read(path);
         let result = store::load(path).map_err(|e| e.to_string()).map(|records| {
             self.snapshot.store(Arc::new(Snapshot::new(
                 Arc::clone(&snap.config),
@@ -156,7 +149,7 @@ impl App {
             return self.reload_tokens().and(tls);
         };
         let result = Config::load(&path).map_err(|e| e.to_string().trim_end().to_owned()).and_then(|config| {
-            let now = stamp(&config.tokens_file);
+            let now = FileStamp::read(&config.tokens_file);
             let records = store::load(&config.tokens_file).map_err(|e| e.to_string())?;
             if config.server.listen != snap.config.server.listen {
                 tracing::warn!("server.listen changed; the new address takes effect after a restart");

@@ -5,13 +5,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use crate::upstream::FileStamp;
 
 /// Loads a PEM certificate chain and private key into a [`CertifiedKey`]; errors name the file at fault.
 pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
@@ -29,19 +30,12 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         .map_err(|e| format!("{} / {}: the key does not fit the certificate: {e}", cert.display(), key.display()))
 }
 
-/// A file's modification time and length, to notice changes.
-type Stamp = Option<(SystemTime, u64)>;
-
-fn stamp(p: &Path) -> Stamp {
-    std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
-}
-
 /// The certificate in use, swappable.
 pub struct CertStore {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    stamps: Mutex<(Stamp, Stamp)>,
+    stamps: Mutex<(Option<FileStamp>, Option<FileStamp>)>,
 }
 
 impl fmt::Debug for CertStore {
@@ -53,7 +47,7 @@ impl fmt::Debug for CertStore {
 impl CertStore {
     /// Loads the pair; fails (naming the file) if it cannot.
     pub fn new(cert: &Path, key: &Path) -> Result<Self, String> {
-        let stamps = (stamp(cert), stamp(key));
+        let stamps = (FileStamp::read(cert), FileStamp::read(key));
         let ck = load(cert, key)?;
         Ok(CertStore {
             cert: cert.to_owned(),
@@ -65,7 +59,7 @@ impl CertStore {
 
     /// Reloads the pair; on failure the current certificate stays.
     pub fn reload(&self) -> Result<(), String> {
-        let stamps = (stamp(&self.cert), stamp(&self.key));
+        let stamps = (FileStamp::read(&self.cert), FileStamp::read(&self.key));
         let result = load(&self.cert, &self.key).map(|ck| self.current.store(Arc::new(ck)));
         if let Ok(mut s) = self.stamps.lock() {
             *s = stamps;
@@ -79,7 +73,7 @@ impl CertStore {
 
     /// Reloads if either file changed since the last load.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let now = (stamp(&self.cert), stamp(&self.key));
+        let now = (FileStamp::read(&self.cert), FileStamp::read(&self.key));
         let changed = self.stamps.lock().map(|s| *s != now).unwrap_or(false);
         if changed {
             self.reload().map(|()| true)

@@ -68,6 +68,12 @@ impl FileStamp {
         FileStamp { modified: meta.modified().ok(), len: meta.len() }
     }
 
+    /// The stamp of whatever is at `path` now, or `None` when nothing readable is there: to notice that a file
+    /// (tokens, certificate) changed without reading it.
+    pub fn read(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| Self::of(&m))
+    }
+
     /// The file's strong ETag.
     pub fn etag(&self) -> String {
         file_etag(self.modified, self.len)
