@@ -327,7 +327,7 @@ pub struct Redacted<'a>(pub &'a str);
 
 impl std::fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&redact_path(self.0, ""))
+        f.write_str(&redact_path(self.0))
     }
 }
 
@@ -335,7 +335,7 @@ impl std::fmt::Display for Redacted<'_> {
 /// paths, so even a refused request is logged without its token: the segment after *every* `t` segment is redacted,
 /// wherever it stands (a client configured with the wrong base path, a token repeated, `%74` that the router decodes
 /// to `t`), not only after `base_path`. Over-redacting a path that merely has a `t` segment is the safe mistake.
-pub fn redact_path(path: &str, _base_path: &str) -> String {
+pub fn redact_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len() + 8);
     let mut redact_next = false;
     for (i, seg) in path.split('/').enumerate() {
@@ -446,19 +446,19 @@ mod tests {
 
     #[test]
     fn redaction_hides_the_token_only() {
-        assert_eq!(redact_path("/t/cg-secret/c/noarch/x", ""), "/t/<redacted>/c/noarch/x");
-        assert_eq!(redact_path("/conda/t/cg-secret/c", "/conda"), "/conda/t/<redacted>/c");
-        assert_eq!(redact_path("/t/cg-secret", ""), "/t/<redacted>");
-        assert_eq!(redact_path("/c/noarch/x", ""), "/c/noarch/x");
+        assert_eq!(redact_path("/t/cg-secret/c/noarch/x"), "/t/<redacted>/c/noarch/x");
+        assert_eq!(redact_path("/conda/t/cg-secret/c"), "/conda/t/<redacted>/c");
+        assert_eq!(redact_path("/t/cg-secret"), "/t/<redacted>");
+        assert_eq!(redact_path("/c/noarch/x"), "/c/noarch/x");
     }
 
     #[test]
     fn redaction_finds_tokens_anywhere() {
-        assert_eq!(redact_path("/conda/t/cg-secret/c/noarch/x", ""), "/conda/t/<redacted>/c/noarch/x");
-        assert_eq!(redact_path("/t/cg-a/t/cg-b/c", ""), "/t/<redacted>/t/<redacted>/c");
-        assert_eq!(redact_path("/%74/cg-secret/c", ""), "/%74/<redacted>/c");
-        assert_eq!(redact_path("/api/t/cg-secret", ""), "/api/t/<redacted>");
-        assert_eq!(redact_path("/t/", ""), "/t/<redacted>");
+        assert_eq!(redact_path("/conda/t/cg-secret/c/noarch/x"), "/conda/t/<redacted>/c/noarch/x");
+        assert_eq!(redact_path("/t/cg-a/t/cg-b/c"), "/t/<redacted>/t/<redacted>/c");
+        assert_eq!(redact_path("/%74/cg-secret/c"), "/%74/<redacted>/c");
+        assert_eq!(redact_path("/api/t/cg-secret"), "/api/t/<redacted>");
+        assert_eq!(redact_path("/t/"), "/t/<redacted>");
         assert!(matches!(
             parse("/%74/cg-secret/c/noarch/repodata.json", ""),
             Ok(Route::Channel(ChannelPath { token: Some(Ok(_)), .. }))

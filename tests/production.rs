@@ -1090,7 +1090,7 @@ async fn no_token_appears_in_logs_metrics_or_error_bodies() {
 
 /// The path with tokens redacted, for assertion messages (which must not print secrets either).
 fn route_redacted(path: &str) -> String {
-    condagate::route::redact_path(path.split('?').next().unwrap_or(path), "")
+    condagate::route::redact_path(path.split('?').next().unwrap_or(path))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
