@@ -273,6 +273,46 @@ impl Drop for Killed {
     }
 }
 
+/// nginx, stopped the way it expects: killing only the master would leave its workers running.
+struct Nginx {
+    master: Child,
+    conf: PathBuf,
+    prefix: PathBuf,
+}
+
+impl Nginx {
+    fn start(conf: &Path, prefix: &Path) -> Self {
+        let master = Command::new(which("nginx").unwrap())
+            .arg("-c")
+            .arg(conf)
+            .arg("-p")
+            .arg(prefix)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx starts");
+        Nginx { master, conf: conf.to_owned(), prefix: prefix.to_owned() }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // `nginx -s stop` signals the master, which stops its workers before it exits.
+        let stopped = Command::new(which("nginx").unwrap())
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-p")
+            .arg(&self.prefix)
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.master.kill();
+        }
+        let _ = self.master.wait();
+    }
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -580,16 +620,7 @@ fn main() {
     };
     let (port, proxy_port, origin_port) = (free_port(), free_port(), free_port());
     let conf = nginx_conf(&root.join("nginx"), &root.join("channels"), &[&alice, &bob], port, proxy_port, origin_port);
-    let nginx = Killed(
-        Command::new(which("nginx").unwrap())
-            .args(["-c"])
-            .arg(&conf)
-            .args(["-p"])
-            .arg(root.join("nginx"))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx starts"),
-    );
+    let nginx = Nginx::start(&conf, &root.join("nginx"));
     wait_port(port);
     let ng = |tok: &str, path: &str, p: u16| format!("http://127.0.0.1:{p}/t/{tok}/{path}");
 

@@ -24,6 +24,7 @@ pub mod app;
 pub mod body;
 pub mod conditional;
 pub mod config;
+mod conn;
 pub mod error;
 pub mod filter;
 pub mod groups;

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -28,6 +27,7 @@ use tracing::Instrument;
 use crate::app::{App, Snapshot};
 use crate::body::{full, Body, BoxError};
 use crate::config::{Access, Config, IpNet};
+use crate::conn::{self, Activity, InFlight, Protocols};
 use crate::error::{Blame, Error};
 use crate::policy::{Denied, Policy, View};
 use crate::route::{self, ChannelPath, FileKind, Route, RouteError};
@@ -413,15 +413,21 @@ impl Server {
         let app = self.app;
         let cfg = app.snapshot().config.clone();
         let watcher = tokio::spawn(watch_tokens(Arc::clone(&app), cfg.tokens_watch_interval));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.server.header_read_timeout)
             .max_buf_size(64 * 1024);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
-        let acceptor = app.tls.as_ref().map(|store| tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config())));
+        auto.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.server.header_read_timeout)
+            .max_buf_size(64 * 1024)
+            .max_header_size(64 * 1024);
         let idle_limit = cfg.server.header_read_timeout;
+        let protocols = Arc::new(Protocols { http1, auto, idle_limit });
+        let acceptor = app.tls.as_ref().map(|store| tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config())));
         let max_connections = cfg.server.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -446,6 +452,7 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
+            let mut counted = app.metrics.connections.open();
             let activity = Arc::new(Activity::new());
             let app = Arc::clone(&app);
             let seen = Arc::clone(&activity);
@@ -454,24 +461,29 @@ impl Server {
                 let guard = InFlight::begin(&seen);
                 async move { Ok::<_, Infallible>(handle(app, req, peer, guard).await) }
             });
-            let builder = builder.clone();
+            let protocols = Arc::clone(&protocols);
             let stop = stop_rx.clone();
             let acceptor = acceptor.clone();
-            tokio::spawn(async move {
+            let task = async move {
                 match acceptor {
-                    None => {
-                        serve_connection(&builder, TokioIo::new(stream), service, &activity, idle_limit, stop).await
-                    }
+                    None => conn::serve_plain(&protocols, stream, service, &activity, &mut counted, stop).await,
                     Some(acceptor) => {
                         // The handshake gets the same deadline as a request head, so a silent client cannot hold
                         // a connection slot.
-                        if let Ok(Ok(tls)) = tokio::time::timeout(idle_limit, acceptor.accept(stream)).await {
-                            serve_connection(&builder, TokioIo::new(tls), service, &activity, idle_limit, stop).await;
-                        }
+                        // Boxed, as TLS state is large: a plaintext connection's task stays small.
+                        Box::pin(async {
+                            if let Ok(Ok(tls)) = tokio::time::timeout(idle_limit, acceptor.accept(stream)).await {
+                                let io = TokioIo::new(tls);
+                                conn::serve(&protocols.auto, io, service, &activity, idle_limit, stop).await;
+                            }
+                        })
+                        .await;
                     }
                 }
+                drop(counted);
                 drop(permit);
-            });
+            };
+            tokio::spawn(task);
         }
         drop(listener);
         watcher.abort();
@@ -484,92 +496,6 @@ impl Server {
             Err(_) => tracing::warn!("grace period over; closing the rest"),
         }
         Ok(())
-    }
-}
-
-/// What a connection is doing, for closing idle ones: requests in flight, and since when it has had none.
-struct Activity {
-    born: Instant,
-    in_flight: AtomicUsize,
-    /// Nanoseconds after `born` when the last request finished (0: none yet).
-    idle_since: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity { born: Instant::now(), in_flight: AtomicUsize::new(0), idle_since: AtomicU64::new(0) }
-    }
-
-    /// When the connection will have been idle for `limit`, or `None` while a request is in flight.
-    fn idle_deadline(&self, limit: std::time::Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let since = self.born + std::time::Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
-        Some(since + limit)
-    }
-}
-
-/// Marks a request in flight on its connection until the response body is done with.
-pub struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn begin(a: &Arc<Activity>) -> Self {
-        a.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(a))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let at = u64::try_from(self.0.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.0.idle_since.store(at, Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Serves one connection until it ends. It is closed gracefully when the server stops, or when it has had no
-/// request in flight for `idle_limit`: that covers a client that connects and says nothing (which hyper's own
-/// header timeout does not, while the protocol is still being sniffed), a slow request head, an idle keep-alive
-/// connection and an idle HTTP/2 connection alike.
-async fn serve_connection<I, S>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    service: S,
-    activity: &Activity,
-    idle_limit: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let idle = async {
-        loop {
-            match activity.idle_deadline(idle_limit) {
-                Some(deadline) if deadline <= Instant::now() => return,
-                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-                None => tokio::time::sleep(idle_limit).await,
-            }
-        }
-    };
-    let idled = tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stop.wait_for(|s| *s) => false,
-        () = idle => true,
-    };
-    conn.as_mut().graceful_shutdown();
-    if idled {
-        // An idle HTTP/2 peer may never acknowledge the GOAWAY: give it one more idle period, then drop it.
-        let _ = tokio::time::timeout(idle_limit, conn.as_mut()).await;
-    } else {
-        // Draining: in-flight requests finish; the server's grace period bounds the wait.
-        let _ = conn.as_mut().await;
     }
 }
 

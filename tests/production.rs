@@ -1,11 +1,10 @@
 //! Production serving under hostile and faulty traffic, on loopback with real servers: TLS and HTTP/2 with certificate
 //! reload, slowloris, brute-force throttling behind a trusted proxy, upstream faults, graceful drain of the real
-//! binary on SIGTERM, thousands of concurrent keep-alive connections, and secrets kept out of logs, metrics and bodies.
+//! binary on SIGTERM, thousands of concurrent keep-alive connections, idle keep-alive connections parked without
+//! hyper's buffers, and secrets kept out of logs, metrics and bodies.
 //!
 //! TLS verification is never disabled: the rustls clients trust exactly the test's self-signed certificate, and
 //! py-rattler (the venv of `tests/e2e.rs`; `CONDAGATE_SKIP_E2E=1` skips that one test) gets it via `SSL_CERT_FILE`.
-//!
-//! Some tests here fail on purpose until the server is fixed: they state the requirement, not the current behaviour.
 
 mod support;
 
@@ -1296,4 +1295,174 @@ async fn a_sighup_style_reload_refuses_a_broken_certificate_and_takes_a_good_one
     let tls = tls_connect(proxy.addr, tls_client_config(&[&der2], &[b"http/1.1"]), "localhost").await;
     assert_eq!(leaf(&tls), der2);
     proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parked keep-alive connections
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body from `s`; bytes after it stay in `rest`. Returns the
+/// head (lower-cased) and the body.
+async fn read_response(s: &mut TcpStream, rest: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk)).await.expect("a response").unwrap();
+        assert!(n > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(rest));
+        rest.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&rest[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    rest.drain(..head_end);
+    while rest.len() < len {
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk)).await.expect("the body").unwrap();
+        assert!(n > 0, "connection closed {} bytes into a {len}-byte body", rest.len());
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    let body = rest.drain(..len).collect();
+    (head, body)
+}
+
+/// The connection gauges from `/metrics`, read over a connection of its own that closes (so it is never parked).
+async fn parks(addr: SocketAddr) -> (f64, f64) {
+    let (status, raw) = raw_get(addr, b"/metrics", "").await;
+    assert_eq!(status, Some(200));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let parked = metric(&text, "condagate_connections_parked").expect("the parked gauge");
+    let total = metric(&text, "condagate_connection_parks_total").expect("the parks counter");
+    (parked, total)
+}
+
+/// Waits until `/metrics` counts more than `before` parks in all; returns the new count.
+async fn until_parked(addr: SocketAddr, before: f64) -> f64 {
+    let started = Instant::now();
+    loop {
+        let (_, total) = parks(addr).await;
+        if total > before {
+            return total;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no connection was parked (parks stay at {total})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const REPODATA_GET: &[u8] = b"GET /pubchan/noarch/repodata.json HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_requests_on_the_same_socket() {
+    let demo = Demo::new();
+    let want = std::fs::read(demo.path().join("channels/pubchan/noarch/repodata.json")).unwrap();
+    let p = Proxy::start(demo.config()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut rest = Vec::new();
+
+    s.write_all(REPODATA_GET).await.unwrap();
+    let (head, body) = read_response(&mut s, &mut rest).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, want);
+    let (parked_before, _) = parks(p.addr).await;
+    let total = until_parked(p.addr, 0.0).await;
+    let (parked, _) = parks(p.addr).await;
+    assert_eq!((parked_before, parked), (0.0, 1.0), "parked gauge before and after the quiet period");
+
+    // The parked socket takes the next request as if nothing happened: no close, same bytes.
+    s.write_all(REPODATA_GET).await.unwrap();
+    let (head, body) = read_response(&mut s, &mut rest).await;
+    assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
+    assert_eq!(body, want);
+    assert_eq!(parks(p.addr).await.0, 0.0, "a connection serving a request is not counted as parked");
+
+    // Pipelined requests after a park: both answered, in order.
+    let total = until_parked(p.addr, total).await;
+    let mut two = REPODATA_GET.to_vec();
+    two.extend_from_slice(b"GET /pubchan/noarch/no-such-file-1.0-0.tar.bz2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(&two).await.unwrap();
+    let (first, body) = read_response(&mut s, &mut rest).await;
+    let (second, _) = read_response(&mut s, &mut rest).await;
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert_eq!(body, want);
+    assert!(second.starts_with("http/1.1 404"), "{second}");
+
+    // Half a request head right after an answer, then a park: hyper has read the half and not parsed it yet; the
+    // half is kept and completed by the rest. (A fresh connection with half a head is not parked; the header
+    // timeout deals with it.)
+    let (half, tail) = REPODATA_GET.split_at(20);
+    s.write_all(half).await.unwrap();
+    until_parked(p.addr, total).await;
+    s.write_all(tail).await.unwrap();
+    let (head, body) = read_response(&mut s, &mut rest).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, want);
+    assert!(rest.is_empty());
+    p.stop().await;
+}
+
+/// A valid repodata.json of about `len` bytes, many records of a public channel.
+fn big_repodata(len: usize) -> Vec<u8> {
+    let mut out = String::from(r#"{"info":{"subdir":"noarch"},"packages":{"#);
+    let mut i = 0;
+    while out.len() < len {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#""pkg{i}-1.0-0.tar.bz2":{{"name":"pkg{i}","version":"1.0","build":"0","build_number":0,"depends":[],"subdir":"noarch","size":1,"sha256":"{:064x}"}}"#,
+            i
+        ));
+        i += 1;
+    }
+    out.push_str(r#"},"packages.conda":{},"repodata_version":1}"#);
+    out.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_read_slowly_are_never_cut_by_parking_and_the_connection_stays_usable() {
+    const SIZE: usize = 24 << 20;
+    let demo = Demo::new();
+    let package = big_payload(SIZE);
+    let noarch = demo.path().join("channels/pubchan/noarch");
+    std::fs::write(noarch.join("big-1.0-0.tar.bz2"), &package).unwrap();
+    // Repodata is served from memory as one piece: hyper has the whole body at once and then owes the socket
+    // megabytes that a stalled reader does not take, with no request left in flight.
+    let repodata = big_repodata(SIZE);
+    std::fs::write(noarch.join("repodata.json"), &repodata).unwrap();
+    let p = Proxy::start(demo.config()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut rest = Vec::new();
+    let mut parked = 0.0;
+    for (path, want) in [("big-1.0-0.tar.bz2", &package), ("repodata.json", &repodata)] {
+        let get = format!("GET /pubchan/noarch/{path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(get.as_bytes()).await.unwrap();
+        // Read nothing for four times the quiet period after which an idle connection is parked.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (head, body) = read_response(&mut s, &mut rest).await;
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert!(body == *want, "{path}: the body differs ({} of {} bytes)", body.len(), want.len());
+        // After the download the connection is parked, and then serves again.
+        parked = until_parked(p.addr, parked).await;
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_closed_at_the_idle_limit() {
+    let demo = Demo::with(LOCAL_UPSTREAM, "header_read_timeout = \"1s\"");
+    let p = Proxy::start(demo.config()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut rest = Vec::new();
+    s.write_all(REPODATA_GET).await.unwrap();
+    let (head, _) = read_response(&mut s, &mut rest).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    until_parked(p.addr, 0.0).await;
+    // Then the server closes it: the read sees the end of the stream.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "a parked connection past the idle limit stays open: {n:?}");
+    p.stop().await;
 }

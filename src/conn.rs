@@ -1,0 +1,392 @@
+//! Connections: protocol choice, idle closing, draining, and parking idle HTTP/1.1 keep-alive connections.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for as long as an HTTP/1 connection lives, so 10,000
+//! idle keep-alive clients would cost about 240 MiB. A plaintext HTTP/1.1 connection is therefore *parked* once it
+//! has answered a request and then stayed quiet for [`PARK_AFTER`]: its hyper state is taken apart (keeping any
+//! bytes already read), and only the socket waits for the next request, which gets a fresh hyper connection. The
+//! client sees one ordinary keep-alive connection throughout. A busy connection is never parked, so it costs
+//! nothing per request.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::body::Body;
+use crate::metrics::Counted;
+
+/// How long an HTTP/1.1 connection waits for its next request before it is parked.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// HTTP/2's connection preface (RFC 9113 §3.4): what a prior-knowledge HTTP/2 client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection is doing: requests in flight, since when it has had none, how many it has started, and
+/// whether its last write found the socket full.
+pub(crate) struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// Nanoseconds after `born` when the last request finished (0: none yet).
+    idle_since: AtomicU64,
+    started: AtomicU64,
+    write_blocked: AtomicBool,
+    /// Set while hyper is being asked to let go of the socket: its shutdown of the socket must then do nothing.
+    parking: AtomicBool,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
+        }
+    }
+
+    /// When the connection will have been idle for `limit`, or `None` while a request is in flight.
+    fn idle_deadline(&self, limit: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.born + Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+        Some(since + limit)
+    }
+
+    /// Since when the connection has been quiet, if it has answered a request since `started_before` and handed
+    /// every byte of its answers to the socket: hyper then holds nothing that parking would lose. (hyper itself
+    /// only counts a connection idle once its answer is flushed; the write check guards that assumption.)
+    fn quiet_since(&self, started_before: u64) -> Option<Instant> {
+        let quiet = self.started.load(Ordering::Acquire) > started_before
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && !self.write_blocked.load(Ordering::Acquire);
+        quiet.then(|| self.born + Duration::from_nanos(self.idle_since.load(Ordering::Acquire)))
+    }
+}
+
+/// Marks a request in flight on its connection until the response body is done with.
+pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    pub(crate) fn begin(a: &Arc<Activity>) -> Self {
+        a.started.fetch_add(1, Ordering::AcqRel);
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(a))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let at = u64::try_from(self.0.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.idle_since.store(at, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How connections are served: the builders and the idle limit.
+#[derive(Clone)]
+pub(crate) struct Protocols {
+    /// HTTP/1.1 alone, for plaintext connections that did not open with the HTTP/2 preface.
+    pub http1: http1::Builder,
+    /// Either protocol, for TLS and prior-knowledge HTTP/2.
+    pub auto: auto::Builder<TokioExecutor>,
+    /// How long a connection may go without a request in flight before it is closed.
+    pub idle_limit: Duration,
+}
+
+/// The request handler, as hyper sees it.
+pub(crate) trait Handler:
+    hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = std::convert::Infallible>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Handler for S where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Serves a plaintext connection until it ends: HTTP/1.1 with parking, or HTTP/2 when it opens with the preface.
+pub(crate) async fn serve_plain<S>(
+    protocols: &Protocols,
+    stream: TcpStream,
+    service: S,
+    activity: &Arc<Activity>,
+    counted: &mut Counted,
+    stop: watch::Receiver<bool>,
+) where
+    S: Handler,
+    S::Future: Send + 'static,
+{
+    match tokio::time::timeout(protocols.idle_limit, opens_with_preface(&stream)).await {
+        Ok(Some(false)) => serve_http1(protocols, stream, service, activity, counted, stop).await,
+        Ok(Some(true)) => {
+            let io = TokioIo::new(stream);
+            Box::pin(serve(&protocols.auto, io, service, activity, protocols.idle_limit, stop)).await;
+        }
+        // Gone, or silent for the whole idle limit.
+        Ok(None) | Err(_) => {}
+    }
+}
+
+/// Waits for the client's first bytes: `Some(true)` if they are HTTP/2's preface, `Some(false)` if they cannot be,
+/// `None` if the client went away first.
+async fn opens_with_preface(stream: &TcpStream) -> Option<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if first[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // Part of the preface so far: peeking does not consume, so readiness stays set; wait a moment instead.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves HTTP/1.1 on a plaintext socket, parking it between requests.
+async fn serve_http1<S>(
+    protocols: &Protocols,
+    stream: TcpStream,
+    service: S,
+    activity: &Arc<Activity>,
+    counted: &mut Counted,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: Handler,
+    S::Future: Send + 'static,
+{
+    let limit = protocols.idle_limit;
+    let mut wire = Wire { stream, unread: Bytes::new(), activity: Arc::clone(activity) };
+    loop {
+        if wire.unread.is_empty() {
+            // Parked: nothing but the socket; wait for the next request, the idle limit or the server's stop.
+            let deadline = activity.idle_deadline(limit).unwrap_or_else(|| Instant::now() + limit);
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                r = wire.stream.readable() => if r.is_err() { return },
+                () = tokio::time::sleep_until(deadline.into()) => return,
+            }
+            counted.set_parked(false);
+        }
+        let started_before = activity.started.load(Ordering::Acquire);
+        // Boxed, so that a parked connection's task holds no room for hyper's state.
+        let mut conn = Box::new(protocols.http1.serve_connection(TokioIo::new(wire), service.clone()));
+        match Box::pin(run_until_quiet(&mut conn, activity, started_before, limit, &mut stop)).await {
+            Ended::Closed => return,
+            Ended::Parked => {
+                let parts = conn.into_parts();
+                wire = parts.io.into_inner();
+                wire.keep_unread(parts.read_buf);
+                counted.set_parked(true);
+            }
+        }
+    }
+}
+
+enum Ended {
+    /// The connection is over.
+    Closed,
+    /// hyper let go of a live connection between requests.
+    Parked,
+}
+
+/// Drives one hyper connection until it ends, or until it has answered a request and then been quiet, with nothing
+/// left unsent, for [`PARK_AFTER`]; then hyper is asked to let go of the socket. The connection is closed
+/// gracefully when the server stops or it stays idle for the idle limit.
+async fn run_until_quiet<S>(
+    conn: &mut http1::Connection<TokioIo<Wire>, S>,
+    activity: &Activity,
+    started_before: u64,
+    limit: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended
+where
+    S: Handler,
+    S::Future: Send + 'static,
+{
+    activity.parking.store(false, Ordering::Release);
+    let outcome = {
+        let live = &mut *conn;
+        let park = tokio::time::sleep(PARK_AFTER);
+        tokio::pin!(park);
+        let served = std::future::poll_fn(move |cx| loop {
+            if let Poll::Ready(r) = Pin::new(&mut *live).poll(cx) {
+                return Poll::Ready(r.is_ok() && activity.parking.load(Ordering::Acquire));
+            }
+            if activity.parking.load(Ordering::Acquire) || park.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // hyper is waiting. If it waits for the next request with the last answer flushed, asking it to shut
+            // down finds it idle: it lets go at once, without reading the socket or losing bytes it has read.
+            let now = Instant::now();
+            match activity.quiet_since(started_before) {
+                Some(since) if since + PARK_AFTER <= now => {
+                    activity.parking.store(true, Ordering::Release);
+                    Pin::new(&mut *live).graceful_shutdown();
+                }
+                Some(since) => park.as_mut().reset((since + PARK_AFTER).into()),
+                None => park.as_mut().reset((now + PARK_AFTER).into()),
+            }
+        });
+        tokio::select! {
+            parked = served => Some(parked),
+            _ = stop.wait_for(|s| *s) => None,
+            () = idle_for(activity, limit) => None,
+        }
+    };
+    match outcome {
+        Some(true) => return Ended::Parked,
+        Some(false) => return Ended::Closed,
+        None => {}
+    }
+    // Stopping or idle: a request in flight finishes (the server's grace period bounds a drain), then it closes.
+    activity.parking.store(false, Ordering::Release);
+    Pin::new(&mut *conn).graceful_shutdown();
+    let _ = tokio::time::timeout(limit, &mut *conn).await;
+    Ended::Closed
+}
+
+/// Resolves once the connection has had no request in flight for `limit`.
+async fn idle_for(activity: &Activity, limit: Duration) {
+    loop {
+        match activity.idle_deadline(limit) {
+            Some(deadline) if deadline <= Instant::now() => return,
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+            None => tokio::time::sleep(limit).await,
+        }
+    }
+}
+
+/// Serves one connection (TLS, or prior-knowledge HTTP/2) until it ends. It is closed gracefully when the server
+/// stops, or when it has had no request in flight for `idle_limit`: that covers a client that connects and says
+/// nothing (which hyper's own header timeout does not, while the protocol is still being sniffed), a slow request
+/// head, an idle keep-alive connection and an idle HTTP/2 connection alike.
+pub(crate) async fn serve<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    activity: &Activity,
+    idle_limit: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Handler,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let idled = tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => false,
+        () = idle_for(activity, idle_limit) => true,
+    };
+    conn.as_mut().graceful_shutdown();
+    if idled {
+        // An idle HTTP/2 peer may never acknowledge the GOAWAY: give it one more idle period, then drop it.
+        let _ = tokio::time::timeout(idle_limit, conn.as_mut()).await;
+    } else {
+        // Draining: in-flight requests finish; the server's grace period bounds the wait.
+        let _ = conn.as_mut().await;
+    }
+}
+
+/// A plaintext socket as hyper sees it: bytes read by an earlier hyper connection but not yet parsed come first,
+/// and every write records whether it found the socket full.
+struct Wire {
+    stream: TcpStream,
+    unread: Bytes,
+    activity: Arc<Activity>,
+}
+
+impl Wire {
+    /// Puts bytes that a parked hyper connection had read, but not parsed, in front of whatever is still unread.
+    fn keep_unread(&mut self, more: Bytes) {
+        if more.is_empty() {
+            return;
+        }
+        if self.unread.is_empty() {
+            self.unread = more;
+        } else {
+            let mut both = BytesMut::with_capacity(self.unread.len() + more.len());
+            both.extend_from_slice(&self.unread);
+            both.extend_from_slice(&more);
+            self.unread = both.freeze();
+        }
+    }
+
+    fn written<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.activity.write_blocked.store(r.is_pending(), Ordering::Release);
+        r
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.written(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.written(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.parking.load(Ordering::Acquire) {
+            // hyper is letting go of a live connection: the socket stays open for the next request.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
