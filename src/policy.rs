@@ -4,7 +4,10 @@
 //! every group member, the set of visible packages per label, already compiled and fingerprinted. A decision is then
 //! two hash lookups and no allocation.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+// hashbrown's maps hash with foldhash: these are looked up several times per request, with keys from the config.
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};

@@ -132,7 +132,7 @@ async fn channel_file(
     let from_view = match &path.file {
         FileKind::Package(p) if !view.allows(p.name()) => return Err(Error::NotFound),
         FileKind::Shard(hash) => {
-            if !app.views.shard_visible(&app.upstreams, channel, path, &view, hash).await? {
+            if !Box::pin(app.views.shard_visible(&app.upstreams, channel, path, &view, hash)).await? {
                 return Err(Error::NotFound);
             }
             None
@@ -146,7 +146,9 @@ async fn channel_file(
         Some(r) => r,
         None => {
             let asked = Instant::now();
-            let result = app.upstreams.serve(&channel.source, &path.upstream_path(), req.method(), req.headers()).await;
+            let upstream_path = path.upstream_path();
+            let fetch = app.upstreams.serve(&channel.source, &upstream_path, req.method(), req.headers());
+            let result = Box::pin(fetch).await;
             out.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
             out.upstream_status = result.as_ref().ok().map(|r| r.status().as_u16());
             result?
@@ -232,7 +234,7 @@ async fn dispatch(
                 problems.push(format!("last reload failed: {e}"));
             }
             for c in &snap.config.channels {
-                if let Err(e) = app.upstreams.probe(&c.source).await {
+                if let Err(e) = Box::pin(app.upstreams.probe(&c.source)).await {
                     problems.push(format!("channel {}: upstream unreachable: {e}", c.name));
                 }
             }
@@ -253,7 +255,8 @@ async fn dispatch(
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
         Route::Api(segments) => {
-            let (resp, who) = crate::api::handle(app, snap, req, peer, segments).await;
+            // Boxed, like the other cold paths: the request future stays small, and cheap to move, for file requests.
+            let (resp, who) = Box::pin(crate::api::handle(app, snap, req, peer, segments)).await;
             out.token = who;
             Ok(resp)
         }
@@ -422,7 +425,9 @@ impl Server {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(cfg.server.header_read_timeout)
+            // No per-request header timer: the connection's own idle limit (see `conn`) bounds a slow head, from
+            // the end of the previous request, without arming a timer for every request.
+            .header_read_timeout(None)
             .max_buf_size(64 * 1024)
             .max_header_size(64 * 1024);
         let idle_limit = cfg.server.header_read_timeout;

@@ -4,6 +4,7 @@
 //! open on counting, never on authentication).
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -22,6 +23,10 @@ struct Entry {
 #[derive(Debug)]
 pub struct Throttle {
     entries: DashMap<IpAddr, Entry>,
+    base: Instant,
+    /// When the latest cool-down ends, in nanoseconds after `base`. Past it no address is cooling down, and
+    /// [`Throttle::blocked`] answers without a look-up.
+    cooling_until: AtomicU64,
     /// Failures allowed per window.
     pub max_failures: u32,
     /// Length of the counting window.
@@ -39,11 +44,15 @@ impl Default for Throttle {
 impl Throttle {
     /// `max_failures` per `window` per address, then `cooldown` of 429s.
     pub fn new(max_failures: u32, window: Duration, cooldown: Duration) -> Self {
-        Throttle { entries: DashMap::new(), max_failures, window, cooldown }
+        let (base, cooling_until) = (Instant::now(), AtomicU64::new(0));
+        Throttle { entries: DashMap::new(), base, cooling_until, max_failures, window, cooldown }
     }
 
     /// If `addr` is cooling down, the seconds left.
     pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
+        if now >= self.base + Duration::from_nanos(self.cooling_until.load(Relaxed)) {
+            return None;
+        }
         let e = self.entries.get(&addr)?;
         let until = e.blocked_until?;
         (until > now).then(|| (until - now).as_secs().max(1))
@@ -67,6 +76,8 @@ impl Throttle {
         e.failures += 1;
         if e.failures > self.max_failures && e.blocked_until.is_none_or(|u| u <= now) {
             e.blocked_until = Some(now + self.cooldown);
+            let until = (now + self.cooldown).saturating_duration_since(self.base).as_nanos();
+            self.cooling_until.fetch_max(u64::try_from(until).unwrap_or(u64::MAX), Relaxed);
             e.failures = 0;
             e.window_start = now;
             return true;

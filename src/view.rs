@@ -14,6 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+
+/// foldhash, seeded per process: the document maps are read on every repodata request, with keys from the config
+/// and existing files only.
+type FastHash = hashbrown::DefaultHashBuilder;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use quick_cache::sync::Cache;
@@ -100,7 +104,7 @@ struct Held {
 pub struct Views {
     cache: Cache<ViewKey, Arc<Rendered>, ByBytes>,
     /// Upstream documents by channel name, then path.
-    docs: DashMap<String, DashMap<String, Arc<Held>>>,
+    docs: DashMap<String, DashMap<String, Arc<Held>, FastHash>, FastHash>,
     loading: DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -123,7 +127,7 @@ impl Views {
         let cache = Cache::with_weighter(1024, max_bytes.max(1), ByBytes);
         Views {
             cache,
-            docs: DashMap::new(),
+            docs: DashMap::default(),
             loading: DashMap::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -151,6 +155,12 @@ impl Views {
         if let Some(h) = self.current(channel, rel)? {
             return Ok(h);
         }
+        // Boxed: the fetch is the cold path, and its state would make every request's future larger.
+        Box::pin(self.load(up, channel, rel)).await
+    }
+
+    /// Fetches a document that is not held, or has changed, and holds it.
+    async fn load(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
         // One fetch per document at a time: a burst of first requests reads a large repodata once, not once each.
         let gate = Arc::clone(self.loading.entry((channel.name.clone(), rel.to_owned())).or_default().value());
         let _turn = gate.lock().await;
@@ -309,7 +319,7 @@ impl Views {
             }
             Err(guard) => {
                 self.misses.fetch_add(1, Relaxed);
-                let r = Arc::new(render(&held, &key, view).await?);
+                let r = Arc::new(Box::pin(render(&held, &key, view)).await?);
                 let _ = guard.insert(Arc::clone(&r));
                 r
             }
