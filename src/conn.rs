@@ -210,6 +210,12 @@ async fn serve_http1<S>(
     }
 }
 
+/// Why a connection is being closed.
+enum Closing {
+    Stopping,
+    Idle,
+}
+
 enum Ended {
     /// The connection is over.
     Closed,
@@ -256,20 +262,28 @@ where
             }
         });
         tokio::select! {
-            parked = served => Some(parked),
-            _ = stop.wait_for(|s| *s) => None,
-            () = idle_for(activity, limit) => None,
+            parked = served => Ok(parked),
+            _ = stop.wait_for(|s| *s) => Err(Closing::Stopping),
+            () = idle_for(activity, limit) => Err(Closing::Idle),
         }
     };
-    match outcome {
-        Some(true) => return Ended::Parked,
-        Some(false) => return Ended::Closed,
-        None => {}
-    }
-    // Stopping or idle: a request in flight finishes (the server's grace period bounds a drain), then it closes.
+    let closing = match outcome {
+        Ok(true) => return Ended::Parked,
+        Ok(false) => return Ended::Closed,
+        Err(closing) => closing,
+    };
     activity.parking.store(false, Ordering::Release);
     Pin::new(&mut *conn).graceful_shutdown();
-    let _ = tokio::time::timeout(limit, &mut *conn).await;
+    match closing {
+        // Draining: a request in flight finishes; the server's grace period bounds the wait.
+        Closing::Stopping => {
+            let _ = (&mut *conn).await;
+        }
+        // Idle too long, in the middle of a request head: one more idle period at most.
+        Closing::Idle => {
+            let _ = tokio::time::timeout(limit, &mut *conn).await;
+        }
+    }
     Ended::Closed
 }
 

@@ -754,7 +754,8 @@ fn big_payload(len: usize) -> Vec<u8> {
 async fn sigterm_drains_in_flight_downloads_refuses_new_connections_and_exits_0() {
     const SIZE: usize = 64 << 20;
     const DOWNLOADS: usize = 4;
-    let demo = Demo::with(LOCAL_UPSTREAM, "shutdown_grace = \"120s\"");
+    // The idle limit is short: a drain must still wait for downloads in flight, however long they take.
+    let demo = Demo::with(LOCAL_UPSTREAM, "shutdown_grace = \"120s\"\nheader_read_timeout = \"1s\"");
     let payload = Arc::new(big_payload(SIZE));
     std::fs::write(demo.path().join("channels/pubchan/noarch/big-1.0-0.tar.bz2"), payload.as_slice()).unwrap();
     let bin = Binary::start(&demo.config_path(), &[]);
@@ -816,6 +817,8 @@ async fn sigterm_drains_in_flight_downloads_refuses_new_connections_and_exits_0(
         at_refusal.iter().all(|r| (*r as usize) < SIZE),
         "downloads finished before new connections were refused: {at_refusal:?}"
     );
+    // Keep reading slowly for longer than the idle limit.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     slow.store(false, Ordering::SeqCst);
     for d in downloads {
         let (len, got) =
