@@ -186,12 +186,11 @@ async fn serve_http1<S>(
     loop {
         if wire.unread.is_empty() {
             // Parked: nothing but the socket; wait for the next request, the idle limit or the server's stop.
-            let deadline = activity.idle_deadline(limit).unwrap_or_else(|| Instant::now() + limit);
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return,
                 r = wire.stream.readable() => if r.is_err() { return },
-                () = tokio::time::sleep_until(deadline.into()) => return,
+                () = idle_for(activity, limit) => return,
             }
             counted.set_parked(false);
         }
