@@ -500,6 +500,19 @@ async fn health(p: &Proxy) -> Value {
     get(&p.url("/healthz"), &[]).await.json()
 }
 
+/// Polls `/healthz` at `url` until it reports a failed reload; gives its answer.
+async fn until_degraded(url: &str, what: &str) -> Value {
+    let (h, _) = poll!(what, {
+        let h = get(url, &[]).await.json();
+        if h["status"] == "degraded" {
+            Ok(h)
+        } else {
+            Err(h.to_string())
+        }
+    });
+    h
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_a_corrupt_tokens_file_keeps_the_old_tokens_and_shows_in_healthz() {
     let demo = Demo::new();
@@ -514,14 +527,7 @@ async fn live_a_corrupt_tokens_file_keeps_the_old_tokens_and_shows_in_healthz() 
 
     // Not TOML at all.
     std::fs::write(&file, "[[token]\nname = \n").unwrap();
-    let (h, _) = poll!("/healthz to report the failed reload", {
-        let h = health(&p).await;
-        if h["status"] == "degraded" {
-            Ok(h)
-        } else {
-            Err(h.to_string())
-        }
-    });
+    let h = until_degraded(&p.url("/healthz"), "/healthz to report the failed reload").await;
     let e = h["last_reload_error"].as_str().unwrap_or_default();
     assert!(e.contains("tokens.toml"), "the error does not name the file: {h}");
     assert_eq!(get(&url, &[]).await.status, 200, "the old tokens must keep working");
@@ -675,14 +681,7 @@ async fn sighup_reloads_the_config_and_refuses_a_broken_one() {
     .unwrap();
     assert!(std::fs::read_to_string(&cfg).unwrap().contains("publik"), "the edit did not apply");
     s.signal("HUP");
-    let (h, _) = poll!("/healthz to report the refused reload", {
-        let h = get(&s.url("/healthz"), &[]).await.json();
-        if h["status"] == "degraded" {
-            Ok(h)
-        } else {
-            Err(h.to_string())
-        }
-    });
+    let h = until_degraded(&s.url("/healthz"), "/healthz to report the refused reload").await;
     let e = h["last_reload_error"].as_str().unwrap_or_default();
     assert!(e.contains("channels[1].access: \"publik\" is not one of public, authenticated, private"), "{h}");
     assert_eq!(get(&anon, &[]).await.status, 401, "the old (private pubchan) state must keep serving");

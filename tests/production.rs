@@ -1357,17 +1357,23 @@ async fn until_parked(addr: SocketAddr, before: f64) -> f64 {
 
 const REPODATA_GET: &[u8] = b"GET /pubchan/noarch/repodata.json HTTP/1.1\r\nHost: x\r\n\r\n";
 
+/// Opens a keep-alive connection and gets pubchan's repodata.json on it (200): the socket, the bytes read past the
+/// response, and the body.
+async fn connect_and_get_repodata(addr: SocketAddr) -> (TcpStream, Vec<u8>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    s.write_all(REPODATA_GET).await.unwrap();
+    let (head, body) = read_response(&mut s, &mut rest).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    (s, rest, body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_requests_on_the_same_socket() {
     let demo = Demo::new();
     let want = std::fs::read(demo.path().join("channels/pubchan/noarch/repodata.json")).unwrap();
     let p = Proxy::start(demo.config()).await;
-    let mut s = TcpStream::connect(p.addr).await.unwrap();
-    let mut rest = Vec::new();
-
-    s.write_all(REPODATA_GET).await.unwrap();
-    let (head, body) = read_response(&mut s, &mut rest).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let (mut s, mut rest, body) = connect_and_get_repodata(p.addr).await;
     assert_eq!(body, want);
     let (parked_before, _) = parks(p.addr).await;
     let total = until_parked(p.addr, 0.0).await;
@@ -1457,11 +1463,7 @@ async fn responses_read_slowly_are_never_cut_by_parking_and_the_connection_stays
 async fn a_parked_connection_is_closed_at_the_idle_limit() {
     let demo = Demo::with(LOCAL_UPSTREAM, "header_read_timeout = \"1s\"");
     let p = Proxy::start(demo.config()).await;
-    let mut s = TcpStream::connect(p.addr).await.unwrap();
-    let mut rest = Vec::new();
-    s.write_all(REPODATA_GET).await.unwrap();
-    let (head, _) = read_response(&mut s, &mut rest).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let (mut s, _, _) = connect_and_get_repodata(p.addr).await;
     until_parked(p.addr, 0.0).await;
     // Then the server closes it: the read sees the end of the stream.
     let mut buf = [0u8; 64];
