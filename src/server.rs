@@ -264,8 +264,13 @@ async fn dispatch(
 }
 
 /// Handles one request: everything that can go wrong becomes a status and a problem+json body, never a dropped
-/// connection; one access log line is written when the response body ends (or is abandoned).
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr, in_flight: InFlight) -> Response<Body> {
+/// connection (hence `Infallible`); one access log line is written when the response body ends (or is abandoned).
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    in_flight: InFlight,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let snap = app.snapshot();
     // The path is redacted only if the span is recorded at all: nothing is formatted when logging is off.
@@ -300,7 +305,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr, in_
         finished: false,
         _in_flight: in_flight,
     };
-    Response::from_parts(parts, Metered { inner: body, log }.boxed())
+    Ok(Response::from_parts(parts, Metered { inner: body, log }.boxed()))
 }
 
 /// Writes the access log line and the metrics of a request when its body is done or dropped.
@@ -461,11 +466,7 @@ impl Server {
             let activity = Arc::new(Activity::new());
             let app = Arc::clone(&app);
             let seen = Arc::clone(&activity);
-            let service = service_fn(move |req| {
-                let app = Arc::clone(&app);
-                let guard = InFlight::begin(&seen);
-                async move { Ok::<_, Infallible>(handle(app, req, peer, guard).await) }
-            });
+            let service = service_fn(move |req| handle(Arc::clone(&app), req, peer, InFlight::begin(&seen)));
             let protocols = Arc::clone(&protocols);
             let stop = stop_rx.clone();
             let acceptor = acceptor.clone();
