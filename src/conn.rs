@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -101,10 +101,10 @@ impl Drop for InFlight {
 /// How connections are served: the builders and the idle limit.
 #[derive(Clone)]
 pub(crate) struct Protocols {
-    /// HTTP/1.1 alone, for plaintext connections that did not open with the HTTP/2 preface.
+    /// HTTP/1.1, plaintext or TLS.
     pub http1: http1::Builder,
-    /// Either protocol, for TLS and prior-knowledge HTTP/2.
-    pub auto: auto::Builder<TokioExecutor>,
+    /// HTTP/2: prior knowledge in plaintext, or chosen by ALPN over TLS.
+    pub http2: http2::Builder<TokioExecutor>,
     /// How long a connection may go without a request in flight before it is closed.
     pub idle_limit: Duration,
 }
@@ -141,8 +141,8 @@ pub(crate) async fn serve_plain<S>(
     match tokio::time::timeout(protocols.idle_limit, opens_with_preface(&stream)).await {
         Ok(Some(false)) => serve_http1(protocols, stream, service, activity, counted, stop).await,
         Ok(Some(true)) => {
-            let io = TokioIo::new(stream);
-            Box::pin(serve(&protocols.auto, io, service, activity, protocols.idle_limit, stop)).await;
+            let conn = protocols.http2.serve_connection(TokioIo::new(stream), service);
+            Box::pin(serve(conn, activity, protocols.idle_limit, stop)).await;
         }
         // Gone, or silent for the whole idle limit.
         Ok(None) | Err(_) => {}
@@ -266,23 +266,13 @@ where
             () = idle_for(activity, limit) => Err(Closing::Idle),
         }
     };
-    let closing = match outcome {
+    let why = match outcome {
         Ok(true) => return Ended::Parked,
         Ok(false) => return Ended::Closed,
-        Err(closing) => closing,
+        Err(why) => why,
     };
     activity.parking.store(false, Ordering::Release);
-    Pin::new(&mut *conn).graceful_shutdown();
-    match closing {
-        // Draining: a request in flight finishes; the server's grace period bounds the wait.
-        Closing::Stopping => {
-            let _ = (&mut *conn).await;
-        }
-        // Idle too long, in the middle of a request head: one more idle period at most.
-        Closing::Idle => {
-            let _ = tokio::time::timeout(limit, &mut *conn).await;
-        }
-    }
+    close(Pin::new(conn), why, limit).await;
     Ended::Closed
 }
 
@@ -297,36 +287,59 @@ async fn idle_for(activity: &Activity, limit: Duration) {
     }
 }
 
-/// Serves one connection (TLS, or prior-knowledge HTTP/2) until it ends. It is closed gracefully when the server
-/// stops, or when it has had no request in flight for `idle_limit`: that covers a client that connects and says
-/// nothing (which hyper's own header timeout does not, while the protocol is still being sniffed), a slow request
-/// head, an idle keep-alive connection and an idle HTTP/2 connection alike.
-pub(crate) async fn serve<I, S>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
+/// Serves a TLS connection until it ends: HTTP/2 when ALPN chose it, HTTP/1.1 otherwise, with the same limits
+/// (64 KiB heads) as plaintext HTTP/1.1. TLS connections are not parked: rustls may hold decrypted bytes that
+/// hyper has not read yet.
+pub(crate) async fn serve_tls<S>(
+    protocols: &Protocols,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
     service: S,
     activity: &Activity,
-    idle_limit: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: Handler,
     S::Future: Send + 'static,
 {
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let idled = tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stop.wait_for(|s| *s) => false,
-        () = idle_for(activity, idle_limit) => true,
-    };
-    conn.as_mut().graceful_shutdown();
-    if idled {
-        // An idle HTTP/2 peer may never acknowledge the GOAWAY: give it one more idle period, then drop it.
-        let _ = tokio::time::timeout(idle_limit, conn.as_mut()).await;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let limit = protocols.idle_limit;
+    if h2 {
+        serve(protocols.http2.serve_connection(io, service), activity, limit, stop).await;
     } else {
-        // Draining: in-flight requests finish; the server's grace period bounds the wait.
-        let _ = conn.as_mut().await;
+        serve(protocols.http1.serve_connection(io, service), activity, limit, stop).await;
+    }
+}
+
+/// Serves one connection that is not parked (TLS, or prior-knowledge HTTP/2) until it ends. It is closed
+/// gracefully when the server stops, or when it has had no request in flight for `idle_limit`: that covers a client
+/// that says nothing after the handshake, a slow request head, an idle keep-alive connection and an idle HTTP/2
+/// connection alike.
+async fn serve<C: GracefulConnection>(
+    conn: C,
+    activity: &Activity,
+    idle_limit: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::pin!(conn);
+    let why = tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => Closing::Stopping,
+        () = idle_for(activity, idle_limit) => Closing::Idle,
+    };
+    close(conn, why, idle_limit).await;
+}
+
+/// Closes a connection gracefully. Draining, requests in flight finish (the server's grace period bounds the
+/// wait); idle, it gets one more idle period, since an idle HTTP/2 peer may never acknowledge the GOAWAY.
+async fn close<C: GracefulConnection>(mut conn: Pin<&mut C>, why: Closing, limit: Duration) {
+    conn.as_mut().graceful_shutdown();
+    match why {
+        Closing::Stopping => {
+            let _ = conn.await;
+        }
+        Closing::Idle => {
+            let _ = tokio::time::timeout(limit, conn).await;
+        }
     }
 }
 

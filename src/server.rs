@@ -17,8 +17,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -421,12 +420,8 @@ impl Server {
         let app = self.app;
         let cfg = app.snapshot().config.clone();
         let watcher = tokio::spawn(watch_tokens(Arc::clone(&app), cfg.tokens_watch_interval));
-        let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(cfg.server.header_read_timeout)
-            .max_buf_size(64 * 1024);
-        auto.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new()).max_concurrent_streams(256);
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -436,7 +431,7 @@ impl Server {
             .max_buf_size(64 * 1024)
             .max_header_size(64 * 1024);
         let idle_limit = cfg.server.header_read_timeout;
-        let protocols = Arc::new(Protocols { http1, auto, idle_limit });
+        let protocols = Arc::new(Protocols { http1, http2, idle_limit });
         let acceptor = app.tls.as_ref().map(|store| tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config())));
         let max_connections = cfg.server.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
@@ -479,8 +474,7 @@ impl Server {
                         // Boxed, as TLS state is large: a plaintext connection's task stays small.
                         Box::pin(async {
                             if let Ok(Ok(tls)) = tokio::time::timeout(idle_limit, acceptor.accept(stream)).await {
-                                let io = TokioIo::new(tls);
-                                conn::serve(&protocols.auto, io, service, &activity, idle_limit, stop).await;
+                                conn::serve_tls(&protocols, tls, service, &activity, stop).await;
                             }
                         })
                         .await;

@@ -1251,6 +1251,37 @@ async fn oversized_request_lines_and_headers_are_refused_with_their_statuses() {
     p.stop().await;
 }
 
+/// Sends `head` on `io` and reads until the server closes it or 30 s pass; gives the status line's code.
+async fn raw_status<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut T, head: &[u8]) -> Option<u16> {
+    io.write_all(head).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), io.read_to_end(&mut buf)).await;
+    buf.strip_prefix(b"HTTP/1.1 ").and_then(|r| std::str::from_utf8(r.get(..3)?).ok()).and_then(|c| c.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_request_head_past_64_kib_is_refused_with_431_too() {
+    let demo = Demo::with(LOCAL_UPSTREAM, "tls = { cert = \"cert.pem\", key = \"key.pem\" }");
+    let (cert, key, der) = self_signed();
+    std::fs::write(demo.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(demo.path().join("key.pem"), key).unwrap();
+    let p = Proxy::start(demo.config()).await;
+    let big = format!(
+        "GET /pubchan/noarch/repodata.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Filler: {}\r\n\r\n",
+        "b".repeat(70_000)
+    );
+    let small = b"GET /pubchan/noarch/repodata.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // With ALPN saying http/1.1, and with no ALPN at all.
+    for alpn in [&[b"http/1.1".as_slice()][..], &[]] {
+        let cfg = tls_client_config(&[&der], alpn);
+        let mut tls = tls_connect(p.addr, Arc::clone(&cfg), "localhost").await;
+        assert_eq!(raw_status(&mut tls, big.as_bytes()).await, Some(431), "ALPN {alpn:?}");
+        let mut tls = tls_connect(p.addr, cfg, "localhost").await;
+        assert_eq!(raw_status(&mut tls, small).await, Some(200), "ALPN {alpn:?}");
+    }
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_never_completes_the_connection_gives_504() {
     // A listener with a backlog of one that never accepts: once its queue is full the kernel drops further SYNs,
