@@ -282,26 +282,23 @@ struct Nginx {
 
 impl Nginx {
     fn start(conf: &Path, prefix: &Path) -> Self {
-        let master = Command::new(which("nginx").unwrap())
-            .arg("-c")
-            .arg(conf)
-            .arg("-p")
-            .arg(prefix)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx starts");
+        let mut nginx = Nginx::command(conf, prefix);
+        let master = nginx.stderr(Stdio::inherit()).spawn().expect("nginx starts");
         Nginx { master, conf: conf.to_owned(), prefix: prefix.to_owned() }
+    }
+
+    /// `nginx` with this configuration file and prefix folder.
+    fn command(conf: &Path, prefix: &Path) -> Command {
+        let mut c = Command::new(which("nginx").unwrap());
+        c.arg("-c").arg(conf).arg("-p").arg(prefix);
+        c
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
         // `nginx -s stop` signals the master, which stops its workers before it exits.
-        let stopped = Command::new(which("nginx").unwrap())
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("-p")
-            .arg(&self.prefix)
+        let stopped = Nginx::command(&self.conf, &self.prefix)
             .args(["-s", "stop"])
             .stderr(Stdio::null())
             .status()

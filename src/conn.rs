@@ -29,7 +29,7 @@ use crate::body::Body;
 use crate::metrics::Counted;
 
 /// How long an HTTP/1.1 connection waits for its next request before it is parked.
-pub(crate) const PARK_AFTER: Duration = Duration::from_millis(250);
+const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// HTTP/2's connection preface (RFC 9113 §3.4): what a prior-knowledge HTTP/2 client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

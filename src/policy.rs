@@ -5,11 +5,10 @@
 //! two hash lookups and no allocation.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 // hashbrown's maps hash with foldhash: these are looked up several times per request, with keys from the config.
 use hashbrown::{HashMap, HashSet};
-use std::sync::Arc;
-
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 

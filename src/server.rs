@@ -465,7 +465,7 @@ impl Server {
             let protocols = Arc::clone(&protocols);
             let stop = stop_rx.clone();
             let acceptor = acceptor.clone();
-            let task = async move {
+            tokio::spawn(async move {
                 match acceptor {
                     None => conn::serve_plain(&protocols, stream, service, &activity, &mut counted, stop).await,
                     Some(acceptor) => {
@@ -482,8 +482,7 @@ impl Server {
                 }
                 drop(counted);
                 drop(permit);
-            };
-            tokio::spawn(task);
+            });
         }
         drop(listener);
         watcher.abort();

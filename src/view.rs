@@ -14,10 +14,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-
-/// foldhash, seeded per process: the document maps are read on every repodata request, with keys from the config
-/// and existing files only.
-type FastHash = hashbrown::DefaultHashBuilder;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use quick_cache::sync::Cache;
@@ -32,6 +28,10 @@ use crate::filter::{self, ShardIndex};
 use crate::policy::View;
 use crate::route::{ChannelPath, FileKind};
 use crate::upstream::{Document, Refetch, Upstreams};
+
+/// foldhash, seeded per process: the document maps are read on every repodata request, with keys from the config
+/// and existing files only.
+type FastHash = hashbrown::DefaultHashBuilder;
 
 /// The forms a view is rendered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
