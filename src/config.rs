@@ -63,6 +63,7 @@ struct RawServer {
     repodata_max_age: Option<String>,
     header_read_timeout: Option<String>,
     max_connections: Option<i64>,
+    workers: Option<i64>,
     shutdown_grace: Option<String>,
     tls: Option<RawTls>,
     #[serde(default)]
@@ -278,6 +279,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Threads serving connections, each with its own single-threaded runtime.
+    pub workers: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// TLS certificate and key (PEM); `None` serves plain HTTP.
@@ -516,6 +519,15 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
             10_000
         }
     };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = match s.workers {
+        None => cores,
+        Some(n) if (1..=1024).contains(&n) => n as usize,
+        Some(n) => {
+            p.add("server.workers", format!("{n} is not between 1 and 1024"));
+            cores
+        }
+    };
     let server = ServerConfig {
         listen,
         base_path,
@@ -527,6 +539,7 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
             Duration::from_secs(10),
         ),
         max_connections,
+        workers,
         shutdown_grace: duration(p, "server.shutdown_grace", s.shutdown_grace.as_ref(), Duration::from_secs(30)),
         tls: s.tls.as_ref().and_then(|t| match (&t.cert, &t.key) {
             (Some(c), Some(k)) => Some(TlsPaths { cert: base_dir.join(c), key: base_dir.join(k) }),
@@ -731,6 +744,8 @@ packages = ["alpha", "beta*"]
         assert_eq!(cfg.channels.len(), 2);
         assert_eq!(cfg.channels[0].source, Source::Dir(PathBuf::from("/etc/cg/channels/mychan")));
         assert_eq!(cfg.tokens_file, PathBuf::from("/etc/cg/tokens.toml"));
+        // One worker per core unless set.
+        assert_eq!(cfg.server.workers, std::thread::available_parallelism().map_or(1, usize::from));
         assert!(cfg.groups[0].packages.matches("beta-utils"));
         assert!(!cfg.groups[0].packages.matches("alphabet"));
     }
@@ -741,6 +756,7 @@ packages = ["alpha", "beta*"]
 [server]
 listen = "nowhere"
 repodata_max_age = "soon"
+workers = 0
 [upstream]
 url = "ftp://x"
 [[channels]]
@@ -758,6 +774,7 @@ packages = ["[oops"]
         for want in [
             "server.listen: \"nowhere\"",
             "server.repodata_max_age: \"soon\"",
+            "server.workers: 0 is not between 1 and 1024",
             "upstream.url: \"ftp://x\"",
             "channels[0].access: \"publik\" is not one of public, authenticated, private",
             "channels[1].name: \"a\" is configured twice",

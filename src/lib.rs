@@ -28,6 +28,7 @@ mod conn;
 pub mod error;
 pub mod filter;
 pub mod groups;
+mod lanes;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;

@@ -2,7 +2,7 @@
 //! belong in the access log, not here.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -45,6 +45,8 @@ pub struct Connections {
     open: AtomicU64,
     parked: AtomicU64,
     parks: AtomicU64,
+    /// Connections per worker thread, kept by the running server's workers.
+    workers: std::sync::Mutex<Vec<Arc<AtomicUsize>>>,
 }
 
 impl Connections {
@@ -52,6 +54,13 @@ impl Connections {
     pub fn open(self: &Arc<Self>) -> Counted {
         self.open.fetch_add(1, Relaxed);
         Counted { gauges: Arc::clone(self), parked: false }
+    }
+
+    /// Reports these per-worker connection counts from now on.
+    pub(crate) fn set_workers(&self, loads: Vec<Arc<AtomicUsize>>) {
+        if let Ok(mut w) = self.workers.lock() {
+            *w = loads;
+        }
     }
 }
 
@@ -173,6 +182,12 @@ impl Metrics {
         let _ = writeln!(s, "condagate_connections_parked {}", c.parked.load(Relaxed));
         let _ = writeln!(s, "# TYPE condagate_connection_parks_total counter");
         let _ = writeln!(s, "condagate_connection_parks_total {}", c.parks.load(Relaxed));
+        let _ = writeln!(s, "# TYPE condagate_worker_connections gauge");
+        if let Ok(w) = c.workers.lock() {
+            for (i, n) in w.iter().enumerate() {
+                let _ = writeln!(s, "condagate_worker_connections{{worker=\"{i}\"}} {}", n.load(Relaxed));
+            }
+        }
         let _ = writeln!(s, "# TYPE condagate_view_cache_bytes gauge");
         let _ = writeln!(s, "condagate_view_cache_bytes {view_bytes}");
         s

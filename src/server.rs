@@ -28,6 +28,7 @@ use crate::body::{full, Body, BoxError};
 use crate::config::{Access, Config, IpNet};
 use crate::conn::{self, Activity, InFlight, Protocols};
 use crate::error::{Blame, Error};
+use crate::lanes::Lanes;
 use crate::policy::{Denied, Policy, View};
 use crate::route::{self, ChannelPath, FileKind, Route, RouteError};
 use crate::token::{Token, TokenRecord};
@@ -436,6 +437,7 @@ impl Server {
         let max_connections = cfg.server.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let lanes = Lanes::start(cfg.server.workers, &app.metrics.connections)?;
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -465,7 +467,10 @@ impl Server {
             let protocols = Arc::clone(&protocols);
             let stop = stop_rx.clone();
             let acceptor = acceptor.clone();
-            tokio::spawn(async move {
+            // The socket moves to the lane's own reactor (see `lanes`).
+            let Ok(stream) = stream.into_std() else { continue };
+            lanes.serve(async move {
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
                 match acceptor {
                     None => conn::serve_plain(&protocols, stream, service, &activity, &mut counted, stop).await,
                     Some(acceptor) => {
@@ -494,6 +499,7 @@ impl Server {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing the rest"),
         }
+        lanes.stop().await;
         Ok(())
     }
 }

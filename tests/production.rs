@@ -1444,6 +1444,38 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_requests_on
 }
 
 /// A valid repodata.json of about `len` bytes, many records of a public channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_the_worker_threads_and_each_serves_its_own() {
+    let demo = Demo::with("[upstream]\ndir = \"channels\"", "workers = 3");
+    let want = std::fs::read(demo.path().join("channels/pubchan/noarch/repodata.json")).unwrap();
+    let p = Proxy::start(demo.config()).await;
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        open.push(connect_and_get_repodata(p.addr).await);
+    }
+    let (status, raw) = raw_get(p.addr, b"/metrics", "").await;
+    assert_eq!(status, Some(200));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let per: Vec<f64> = (0..3)
+        .map(|i| {
+            let name = format!("condagate_worker_connections{{worker=\"{i}\"}}");
+            metric(&text, &name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        })
+        .collect();
+    // The six kept open and the one asking: each new connection goes to the least busy worker, so 3/2/2.
+    assert_eq!(per.iter().sum::<f64>(), 7.0, "{per:?}");
+    assert!(per.iter().all(|&n| n == 2.0 || n == 3.0), "connections not spread evenly: {per:?}");
+    // Every worker goes on serving the connections it holds.
+    for (s, rest, _) in &mut open {
+        s.write_all(REPODATA_GET).await.unwrap();
+        let (head, body) = read_response(s, rest).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, want);
+    }
+    drop(open);
+    p.stop().await;
+}
+
 fn big_repodata(len: usize) -> Vec<u8> {
     let mut out = String::from(r#"{"info":{"subdir":"noarch"},"packages":{"#);
     let mut i = 0;
