@@ -12,8 +12,9 @@
 //! Only the conda file kinds in [`FileKind`] are served: anything else is "not found".
 
 use std::borrow::Cow;
+use std::ops::Range;
 
-use crate::token::{MalformedToken, Token};
+use crate::token::{Digest, MalformedToken, Token};
 
 /// Why a path is refused before any authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,56 +123,125 @@ pub fn package_name_of_key(key: &str) -> Option<&str> {
 /// A request for a file of a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelPath {
-    /// The token from the path, if the path had `/t/<TOKEN>`.
-    pub token: Option<Result<Token, MalformedToken>>,
-    /// The channel name.
-    pub channel: String,
-    /// The label; `None` is the channel root (`label/main`).
-    pub label: Option<String>,
-    /// The subdir (`noarch`, `linux-64`, …); `None` for `notices.json`.
-    pub subdir: Option<String>,
+    /// The digest of the token from the path, if the path had `/t/<TOKEN>`. The secret itself is not kept.
+    pub token: Option<Result<Digest, MalformedToken>>,
+    /// `<channel>/[label/<label>/][<subdir>/]<file>`: the channel, then the file's path below the channel root. One
+    /// string holds every name a request needs, so routing allocates it once.
+    text: String,
+    /// Where the channel name ends in `text` (a `/` follows).
+    channel_end: usize,
+    label: Option<Range<usize>>,
+    subdir: Option<Range<usize>>,
     /// What is asked for.
     pub file: FileKind,
 }
 
 impl ChannelPath {
+    /// A path of `channel`; `label` is `None` for the channel root, `subdir` is `None` for `notices.json`.
+    pub fn new(channel: &str, label: Option<&str>, subdir: Option<&str>, file: FileKind) -> Self {
+        let len = channel.len() + label.map_or(0, |l| l.len() + 7) + subdir.map_or(0, |s| s.len() + 1);
+        let mut text = String::with_capacity(len + 1 + file_part_len(&file));
+        text.push_str(channel);
+        let channel_end = text.len();
+        text.push('/');
+        let mut part = |prefix: &str, name: &str| {
+            text.push_str(prefix);
+            let start = text.len();
+            text.push_str(name);
+            text.push('/');
+            start..start + name.len()
+        };
+        let label = label.map(|l| part("label/", l));
+        let subdir = subdir.map(|s| part("", s));
+        push_file_part(&mut text, &file);
+        ChannelPath { token: None, text, channel_end, label, subdir, file }
+    }
+
+    /// The channel name.
+    pub fn channel(&self) -> &str {
+        &self.text[..self.channel_end]
+    }
+
+    /// The label; `None` is the channel root (`label/main`).
+    pub fn label(&self) -> Option<&str> {
+        self.label.clone().map(|r| &self.text[r])
+    }
+
     /// The label as groups name it: the channel root is `main`.
     pub fn label_name(&self) -> &str {
-        self.label.as_deref().unwrap_or("main")
+        self.label().unwrap_or("main")
+    }
+
+    /// The subdir (`noarch`, `linux-64`, …); `None` for `notices.json`.
+    pub fn subdir(&self) -> Option<&str> {
+        self.subdir.clone().map(|r| &self.text[r])
     }
 
     /// The file's path relative to the channel's root at the upstream.
-    pub fn upstream_path(&self) -> String {
-        self.upstream_path_for(&self.file)
+    pub fn upstream_path(&self) -> &str {
+        &self.text[self.channel_end + 1..]
+    }
+
+    /// The last segment of the path: the file name.
+    pub fn file_name(&self) -> &str {
+        self.text.rsplit('/').next().unwrap_or_default()
     }
 
     /// The path of another file of the same subdir (the shard index of a shard, say), relative to the channel root.
-    pub fn upstream_path_for(&self, file: &FileKind) -> String {
-        let mut p = String::with_capacity(64);
-        if let Some(l) = &self.label {
+    pub fn upstream_path_for(&self, file: &FileKind) -> Cow<'_, str> {
+        if *file == self.file {
+            return Cow::Borrowed(self.upstream_path());
+        }
+        let mut p = String::with_capacity(self.upstream_path().len() + file_part_len(file));
+        if let Some(l) = self.label() {
             p.push_str("label/");
             p.push_str(l);
             p.push('/');
         }
-        if let Some(s) = &self.subdir {
+        if let Some(s) = self.subdir() {
             p.push_str(s);
             p.push('/');
         }
-        match file {
-            FileKind::RepodataJson => p.push_str("repodata.json"),
-            FileKind::RepodataZst => p.push_str("repodata.json.zst"),
-            FileKind::RepodataBz2 => p.push_str("repodata.json.bz2"),
-            FileKind::CurrentRepodata => p.push_str("current_repodata.json"),
-            FileKind::ShardIndex => p.push_str("repodata_shards.msgpack.zst"),
-            FileKind::Shard(h) => {
-                p.push_str("shards/");
-                p.push_str(&hex::encode(h));
-                p.push_str(".msgpack.zst");
-            }
-            FileKind::Package(f) => p.push_str(f.filename()),
-            FileKind::Notices => p.push_str("notices.json"),
+        push_file_part(&mut p, file);
+        Cow::Owned(p)
+    }
+}
+
+/// The file names of the kinds that have one fixed name.
+fn fixed_name(file: &FileKind) -> Option<&'static str> {
+    Some(match file {
+        FileKind::RepodataJson => "repodata.json",
+        FileKind::RepodataZst => "repodata.json.zst",
+        FileKind::RepodataBz2 => "repodata.json.bz2",
+        FileKind::CurrentRepodata => "current_repodata.json",
+        FileKind::ShardIndex => "repodata_shards.msgpack.zst",
+        FileKind::Notices => "notices.json",
+        FileKind::Shard(_) | FileKind::Package(_) => return None,
+    })
+}
+
+const SHARD_DIR: &str = "shards/";
+const SHARD_SUFFIX: &str = ".msgpack.zst";
+
+/// Length of a file's path below its subdir.
+fn file_part_len(file: &FileKind) -> usize {
+    match file {
+        FileKind::Shard(_) => SHARD_DIR.len() + 64 + SHARD_SUFFIX.len(),
+        FileKind::Package(f) => f.filename().len(),
+        other => fixed_name(other).map_or(0, str::len),
+    }
+}
+
+/// Appends a file's path below its subdir.
+fn push_file_part(out: &mut String, file: &FileKind) {
+    match file {
+        FileKind::Shard(h) => {
+            out.push_str(SHARD_DIR);
+            out.push_str(&hex::encode(h));
+            out.push_str(SHARD_SUFFIX);
         }
-        p
+        FileKind::Package(f) => out.push_str(f.filename()),
+        other => out.push_str(fixed_name(other).unwrap_or_default()),
     }
 }
 
@@ -244,7 +314,7 @@ fn valid_subdir(s: &str) -> bool {
 }
 
 fn parse_shard_name(file: &str) -> Option<[u8; 32]> {
-    let hex_part = file.strip_suffix(".msgpack.zst")?;
+    let hex_part = file.strip_suffix(SHARD_SUFFIX)?;
     let mut out = [0u8; 32];
     // Only lower-case hex, as rattler writes it, so one shard has one URL.
     if hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -265,45 +335,58 @@ fn file_kind(file: &str) -> Option<FileKind> {
     })
 }
 
+/// The most segments a channel path has: `t/<TOKEN>/<channel>/label/<label>/<subdir>/shards/<file>`.
+const MAX_SEGMENTS: usize = 8;
+
 /// Parses a request path (without the query) below `base_path` (`""` or `/prefix`).
 pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
     let rest = path.strip_prefix(base_path).ok_or(RouteError::NotServed)?;
     let rest = rest.strip_prefix('/').ok_or(RouteError::NotServed)?;
-    let mut segs: Vec<Cow<'_, str>> = Vec::with_capacity(8);
-    for raw in rest.split('/') {
-        segs.push(decode_segment(raw)?);
+    let mut raw = rest.split('/');
+    let first = decode_segment(raw.next().unwrap_or_default())?;
+    if first == "api" {
+        let segs = raw.map(|r| decode_segment(r).map(Cow::into_owned)).collect::<Result<_, _>>()?;
+        return Ok(Route::Api(segs));
     }
-    let seg = |i: usize| segs.get(i).map(|s| &**s);
-    match (seg(0), segs.len()) {
-        (Some("healthz"), 1) => return Ok(Route::Health),
-        (Some("readyz"), 1) => return Ok(Route::Ready),
-        (Some("metrics"), 1) => return Ok(Route::Metrics),
-        (Some("api"), _) => return Ok(Route::Api(segs[1..].iter().map(|s| s.to_string()).collect())),
+    // Every segment is decoded and checked, however many there are, so a hostile path is refused as such; a channel
+    // path never has more than `MAX_SEGMENTS`, so no more are kept.
+    let mut kept: [Cow<'_, str>; MAX_SEGMENTS] = Default::default();
+    kept[0] = first;
+    let mut n = 1;
+    for r in raw {
+        let seg = decode_segment(r)?;
+        if let Some(slot) = kept.get_mut(n) {
+            *slot = seg;
+        }
+        n += 1;
+    }
+    if n > MAX_SEGMENTS {
+        return Err(RouteError::NotServed);
+    }
+    let segs = &kept[..n];
+    match (&*segs[0], n) {
+        ("healthz", 1) => return Ok(Route::Health),
+        ("readyz", 1) => return Ok(Route::Ready),
+        ("metrics", 1) => return Ok(Route::Metrics),
         _ => {}
     }
-    let mut rest: &[Cow<'_, str>] = &segs;
-    let token = if seg(0) == Some("t") {
+    let mut rest = segs;
+    let token = if segs[0] == "t" {
         let t = rest.get(1).ok_or(RouteError::NotServed)?;
-        let parsed = Token::parse(t);
         rest = &rest[2..];
-        Some(parsed)
+        Some(Token::digest_of(t))
     } else {
         None
     };
     let (channel, mut rest) = rest.split_first().ok_or(RouteError::NotServed)?;
     if rest.len() == 1 && rest[0] == "notices.json" {
-        return Ok(Route::Channel(ChannelPath {
-            token,
-            channel: channel.to_string(),
-            label: None,
-            subdir: None,
-            file: FileKind::Notices,
-        }));
+        let path = ChannelPath { token, ..ChannelPath::new(channel, None, None, FileKind::Notices) };
+        return Ok(Route::Channel(path));
     }
     let mut label = None;
     if rest.first().map(|s| &**s) == Some("label") {
         let l = rest.get(1).ok_or(RouteError::NotServed)?;
-        label = (l != "main").then(|| l.to_string());
+        label = (l != "main").then_some(&**l);
         rest = &rest[2..];
     }
     let (subdir, file) = match rest {
@@ -313,13 +396,7 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
         }
         _ => return Err(RouteError::NotServed),
     };
-    Ok(Route::Channel(ChannelPath {
-        token,
-        channel: channel.to_string(),
-        label,
-        subdir: Some(subdir.to_string()),
-        file,
-    }))
+    Ok(Route::Channel(ChannelPath { token, ..ChannelPath::new(channel, label, Some(subdir), file) }))
 }
 
 /// A request path that displays itself redacted (see [`redact_path`]).
@@ -367,10 +444,12 @@ mod tests {
     #[test]
     fn token_label_and_subdir_are_found() {
         let c = chan("/t/cg-abc/mychan/label/dev/noarch/repodata.json");
-        assert!(matches!(c.token, Some(Ok(_))));
-        assert_eq!(c.channel, "mychan");
-        assert_eq!(c.label.as_deref(), Some("dev"));
-        assert_eq!(c.subdir.as_deref(), Some("noarch"));
+        assert_eq!(c.token, Some(Ok(Token::parse("cg-abc").unwrap().digest())));
+        assert_eq!(c.channel(), "mychan");
+        assert_eq!(c.label(), Some("dev"));
+        assert_eq!(c.label_name(), "dev");
+        assert_eq!(c.subdir(), Some("noarch"));
+        assert_eq!(c.file_name(), "repodata.json");
         assert_eq!(c.file, FileKind::RepodataJson);
         assert_eq!(c.upstream_path(), "label/dev/noarch/repodata.json");
     }
@@ -378,8 +457,10 @@ mod tests {
     #[test]
     fn label_main_is_the_root() {
         let c = chan("/mychan/label/main/linux-64/alpha-1.0-0.tar.bz2");
-        assert_eq!(c.label, None);
+        assert_eq!(c.label(), None);
+        assert_eq!(c.label_name(), "main");
         assert_eq!(c.upstream_path(), "linux-64/alpha-1.0-0.tar.bz2");
+        assert_eq!(c.upstream_path_for(&FileKind::ShardIndex), "linux-64/repodata_shards.msgpack.zst");
     }
 
     #[test]
@@ -401,6 +482,10 @@ mod tests {
         let h = "ab".repeat(32);
         let c = chan(&format!("/c/noarch/shards/{h}.msgpack.zst"));
         assert_eq!(c.file, FileKind::Shard([0xab; 32]));
+        let c = chan(&format!("/c/label/dev/noarch/shards/{h}.msgpack.zst"));
+        assert_eq!(c.upstream_path(), format!("label/dev/noarch/shards/{h}.msgpack.zst"));
+        assert_eq!(c.upstream_path_for(&FileKind::ShardIndex), "label/dev/noarch/repodata_shards.msgpack.zst");
+        assert_eq!((c.channel(), c.label(), c.subdir()), ("c", Some("dev"), Some("noarch")));
         assert!(parse(&format!("/c/noarch/shards/{}.msgpack.zst", h.to_uppercase()), "").is_err());
         assert!(parse("/c/noarch/shards/abc.msgpack.zst", "").is_err());
     }
@@ -416,6 +501,17 @@ mod tests {
     fn malformed_path_tokens_are_kept_as_malformed() {
         let c = chan("/t/a/c/noarch/repodata.json");
         assert_eq!(c.token, Some(Err(MalformedToken)));
+    }
+
+    #[test]
+    fn long_paths_are_checked_whole() {
+        let deep = "/t/tok/c/label/dev/noarch/shards/x/y/z";
+        assert_eq!(parse(deep, ""), Err(RouteError::NotServed));
+        assert_eq!(parse("/t/tok/c/label/dev/noarch/a/b/c/../repodata.json", ""), Err(RouteError::BadPath));
+        let api = parse("/api/a/b/c/d/e/f/g/h/i/j%20k", "").unwrap();
+        let want = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j k"].map(String::from);
+        assert_eq!(api, Route::Api(want.to_vec()));
+        assert_eq!(chan("/c/notices.json").upstream_path(), "notices.json");
     }
 
     #[test]

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, VARY};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -31,7 +30,7 @@ use crate::error::{Blame, Error};
 use crate::lanes::Lanes;
 use crate::policy::{Denied, Policy, View};
 use crate::route::{self, ChannelPath, FileKind, Route, RouteError};
-use crate::token::{Token, TokenRecord};
+use crate::token::{Digest, Token, TokenRecord};
 
 /// Longest request target (path and query) condagate reads; longer ones get 414.
 pub const MAX_URI: usize = 8192;
@@ -116,16 +115,16 @@ async fn channel_file(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(Error::MethodNotAllowed("GET, HEAD"));
     }
-    let token = match &path.token {
-        Some(t) => Some(t.clone().map_err(|_| Denied::Malformed)?),
-        None => header_token(req.headers())?,
+    let digest = match path.token {
+        Some(t) => Some(t.map_err(|_| Denied::Malformed)?),
+        None => header_token(req.headers())?.map(|t| t.digest()),
     };
-    let record = match token {
+    let record = match digest {
         None => None,
-        Some(t) => Some(check_token(app, snap, &t, peer.ip(), &mut out.token)?),
+        Some(d) => Some(check_token(app, snap, &d, peer.ip(), &mut out.token)?),
     };
-    let view = snap.policy.authorize(&path.channel, path.label_name(), record.as_deref())?;
-    let channel = snap.config.channel(&path.channel).ok_or(Error::NotFound)?;
+    let view = snap.policy.authorize(path.channel(), path.label_name(), record.as_deref())?;
+    let channel = snap.config.channel(path.channel()).ok_or(Error::NotFound)?;
     let from_header = path.token.is_none() && record.is_some();
 
     // A view (filtered, or held in memory) when the file is repodata; otherwise the upstream's bytes.
@@ -146,8 +145,7 @@ async fn channel_file(
         Some(r) => r,
         None => {
             let asked = Instant::now();
-            let upstream_path = path.upstream_path();
-            let fetch = app.upstreams.serve(&channel.source, &upstream_path, req.method(), req.headers());
+            let fetch = app.upstreams.serve(&channel.source, path.upstream_path(), req.method(), req.headers());
             let result = Box::pin(fetch).await;
             out.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
             out.upstream_status = result.as_ref().ok().map(|r| r.status().as_u16());
@@ -170,14 +168,14 @@ async fn channel_file(
 pub fn check_token(
     app: &App,
     snap: &Snapshot,
-    token: &Token,
+    token: &Digest,
     client: IpAddr,
     seen: &mut Option<Arc<TokenRecord>>,
 ) -> Result<Arc<TokenRecord>, Error> {
     if let Some(retry_after) = app.throttle.blocked(client, Instant::now()) {
         return Err(Error::Throttled { retry_after });
     }
-    let checked = snap.tokens.lookup(token).cloned().ok_or(Denied::Unknown).and_then(|r| {
+    let checked = snap.tokens.by_digest(token).cloned().ok_or(Denied::Unknown).and_then(|r| {
         *seen = Some(Arc::clone(&r));
         Policy::check_token(&r, OffsetDateTime::now_utc()).map(|()| r)
     });
@@ -301,11 +299,17 @@ pub async fn handle(
         outcome: out,
         started,
         bytes: 0,
-        expected: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
+        expected: match &body {
+            // Bytes in memory carry their length; hyper writes the header from it.
+            Body::Full(_) => http_body::Body::size_hint(&body).exact(),
+            Body::Stream(_) => {
+                parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+            }
+        },
         finished: false,
         _in_flight: in_flight,
     };
-    Ok(Response::from_parts(parts, Metered { inner: body, log }.boxed()))
+    Ok(Response::from_parts(parts, Body::stream(Metered { inner: body, log })))
 }
 
 /// Writes the access log line and the metrics of a request when its body is done or dropped.
@@ -330,7 +334,7 @@ impl Drop for AccessLog {
         let o = &self.outcome;
         if let (true, true, Some(path)) = (self.finished, self.status.is_success(), &o.path) {
             if let FileKind::Package(p) = &path.file {
-                self.app.metrics.download(&path.channel, p.name());
+                self.app.metrics.download(path.channel(), p.name());
             }
         }
         let path = o.path.as_ref();
@@ -342,10 +346,10 @@ impl Drop for AccessLog {
                 complete = self.finished,
                 duration_ms = elapsed.as_secs_f64() * 1e3,
                 client = o.client.map(tracing::field::display),
-                channel = path.map(|p| p.channel.as_str()),
+                channel = path.map(|p| p.channel()),
                 label = path.map(|p| p.label_name()),
-                subdir = path.and_then(|p| p.subdir.as_deref()),
-                file = path.map(|p| tracing::field::display(p.upstream_path().rsplit('/').next().unwrap_or_default().to_owned())),
+                subdir = path.and_then(|p| p.subdir()),
+                file = path.map(|p| p.file_name()),
                 package = path.and_then(|p| match &p.file {
                     FileKind::Package(f) => Some(f.name()),
                     _ => None,

@@ -31,12 +31,12 @@ pub struct MalformedToken;
 impl Token {
     /// Accepts a client-supplied token if it uses only the characters conda's URL handling keeps (`[A-Za-z0-9-]`).
     pub fn parse(s: &str) -> Result<Self, MalformedToken> {
-        let ok_len = (MIN_LEN..=MAX_LEN).contains(&s.len());
-        if ok_len && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            Ok(Token(s.to_owned()))
-        } else {
-            Err(MalformedToken)
-        }
+        well_formed(s).map(|s| Token(s.to_owned()))
+    }
+
+    /// The digest of a client-supplied token, checked as [`Token::parse`] checks it, without keeping the secret.
+    pub fn digest_of(s: &str) -> Result<Digest, MalformedToken> {
+        well_formed(s).map(digest_bytes)
     }
 
     /// A new token: the fixed prefix and 160 bits from the operating system's CSPRNG, in base 62.
@@ -48,13 +48,26 @@ impl Token {
 
     /// The digest under which this token is stored and looked up.
     pub fn digest(&self) -> Digest {
-        Digest(Sha256::digest(self.0.as_bytes()).into())
+        digest_bytes(&self.0)
     }
 
     /// The secret itself. Call only to show a freshly created token to its owner, once.
     pub fn reveal(&self) -> &str {
         &self.0
     }
+}
+
+fn well_formed(s: &str) -> Result<&str, MalformedToken> {
+    let ok_len = (MIN_LEN..=MAX_LEN).contains(&s.len());
+    if ok_len && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        Ok(s)
+    } else {
+        Err(MalformedToken)
+    }
+}
+
+fn digest_bytes(s: &str) -> Digest {
+    Digest(Sha256::digest(s.as_bytes()).into())
 }
 
 impl fmt::Debug for Token {

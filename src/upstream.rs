@@ -222,7 +222,7 @@ impl Upstreams {
             // An upstream that stops mid-body, or stalls longer than the upstream timeout between two chunks, makes
             // this body fail, and hyper then aborts the client's transfer instead of ending it: a short file never
             // looks complete, and a stalled mirror does not hold the client forever.
-            IdleTimeout::new(incoming.map_err(|e| -> BoxError { Box::new(e) }), self.timeouts.first_byte).boxed()
+            Body::stream(IdleTimeout::new(incoming.map_err(|e| -> BoxError { Box::new(e) }), self.timeouts.first_byte))
         });
         *out.status_mut() = status;
         let h = out.headers_mut();
@@ -426,6 +426,6 @@ async fn serve_file(path: &Path, method: &Method, headers: &HeaderMap) -> Result
     let stream = ReaderStream::with_capacity(file.take(count), READ_CHUNK)
         .map_ok(Frame::data)
         .map_err(|e| -> BoxError { Box::new(e) });
-    *resp.body_mut() = StreamBody::new(stream).boxed();
+    *resp.body_mut() = Body::stream(StreamBody::new(stream));
     Ok(resp)
 }

@@ -310,8 +310,13 @@ impl Views {
         if path.file == FileKind::RepodataBz2 {
             return Err(Error::NotFound);
         }
-        let key =
-            ViewKey { channel: channel.name.clone(), source, validator: held.doc.validator.clone(), form, fingerprint };
+        let key = ViewKey {
+            channel: channel.name.clone(),
+            source: source.into_owned(),
+            validator: held.doc.validator.clone(),
+            form,
+            fingerprint,
+        };
         let rendered = match self.cache.get_value_or_guard_async(&key).await {
             Ok(r) => {
                 self.hits.fetch_add(1, Relaxed);
@@ -394,8 +399,10 @@ fn respond(bytes: &Bytes, v: &Validators, method: &Method, headers: &HeaderMap) 
             bytes.slice(start as usize..=end as usize)
         }
     };
-    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if method != Method::HEAD {
+    if method == Method::HEAD {
+        resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    } else {
+        // hyper writes `Content-Length` from the body's exact size, with no header value to allocate.
         *resp.body_mut() = full(body);
     }
     Ok(resp)
