@@ -102,14 +102,18 @@ fn identify(
         .map_err(|_| unauthorized("the token given is malformed"))?
         .ok_or_else(|| unauthorized("authentication required: send Authorization: token <TOKEN>"))?;
     let mut seen = None;
-    check_token(app, snap, &token.digest(), peer.ip(), &mut seen).map_err(|e| match e {
-        Error::Throttled { retry_after } => {
-            err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {retry_after} s"))
-        }
-        Error::Denied(Denied::Expired(at)) => unauthorized(&format!("the token given expired at {}", format_time(at))),
-        Error::Denied(Denied::Revoked) => unauthorized("the token given has been revoked"),
-        _ => unauthorized("the token given is invalid"),
-    })
+    check_token(app, snap, &token.digest(), peer.ip(), &mut seen)
+        .map_err(|e| match e {
+            Error::Throttled { retry_after } => {
+                err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {retry_after} s"))
+            }
+            Error::Denied(Denied::Expired(at)) => {
+                unauthorized(&format!("the token given expired at {}", format_time(at)))
+            }
+            Error::Denied(Denied::Revoked) => unauthorized("the token given has been revoked"),
+            _ => unauthorized("the token given is invalid"),
+        })
+        .cloned()
 }
 
 fn need(who: &TokenRecord, scope: Scope) -> Result<(), ApiError> {

@@ -90,6 +90,12 @@ impl App {
         self.snapshot.load_full()
     }
 
+    /// The current state, for the length of a request: reading it writes to nothing other threads share (no
+    /// reference count), unlike [`App::snapshot`].
+    pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
     /// The last reload's failure, if the last reload failed.
     pub fn reload_error(&self) -> Option<String> {
         self.reload_error.lock().map(|e| e.clone()).unwrap_or(None)

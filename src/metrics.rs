@@ -21,14 +21,32 @@ pub const REFUSALS: [&str; 7] = [
     "not-allowed",
 ];
 
-/// The server's counters.
+/// How many copies of the per-response counters there are; a thread adds to one of them (see [`shard`]).
+const SHARDS: usize = 8;
+
+/// The counters every response adds to. Each thread adds to its own shard, aligned to its own cache lines, so that
+/// worker threads never write to the same line once per request; `/metrics` adds the shards up.
 #[derive(Debug, Default)]
-pub struct Metrics {
+#[repr(align(128))]
+struct ResponseCounters {
     by_class: [AtomicU64; 5],
     bytes: AtomicU64,
     duration_buckets: [AtomicU64; BUCKETS.len()],
     duration_count: AtomicU64,
     duration_sum_us: AtomicU64,
+}
+
+/// The shard of the calling thread: threads take shards in turn as they first count something.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS);
+    SHARD.with(|s| *s)
+}
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    responses: [ResponseCounters; SHARDS],
     upstream_errors: AtomicU64,
     refusals: [AtomicU64; REFUSALS.len()],
     throttled: AtomicU64,
@@ -98,13 +116,14 @@ impl Metrics {
     /// Counts a finished response.
     pub fn response(&self, status: u16, bytes: u64, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].fetch_add(1, Relaxed);
-        self.bytes.fetch_add(bytes, Relaxed);
+        let r = &self.responses[shard()];
+        r.by_class[class].fetch_add(1, Relaxed);
+        r.bytes.fetch_add(bytes, Relaxed);
         if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            self.duration_buckets[i].fetch_add(1, Relaxed);
+            r.duration_buckets[i].fetch_add(1, Relaxed);
         }
-        self.duration_count.fetch_add(1, Relaxed);
-        self.duration_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
+        r.duration_count.fetch_add(1, Relaxed);
+        r.duration_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
     }
 
     /// Counts a refusal by its reason (reasons outside [`REFUSALS`] are not counted here).
@@ -141,25 +160,31 @@ impl Metrics {
         self.throttled.fetch_add(1, Relaxed);
     }
 
+    /// A per-response counter added up over the shards.
+    fn total(&self, counter: impl Fn(&ResponseCounters) -> &AtomicU64) -> u64 {
+        self.responses.iter().map(|r| counter(r).load(Relaxed)).sum()
+    }
+
     /// Renders every counter, plus the gauges given.
     pub fn render(&self, view_hits: u64, view_misses: u64, view_bytes: u64, blocked_now: usize) -> String {
         let mut s = String::with_capacity(2048);
         let _ = writeln!(s, "# TYPE condagate_requests_total counter");
-        for (i, c) in self.by_class.iter().enumerate() {
-            let _ = writeln!(s, "condagate_requests_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
+        for i in 0..5 {
+            let n = self.total(|r| &r.by_class[i]);
+            let _ = writeln!(s, "condagate_requests_total{{class=\"{}xx\"}} {n}", i + 1);
         }
         let _ = writeln!(s, "# TYPE condagate_response_bytes_total counter");
-        let _ = writeln!(s, "condagate_response_bytes_total {}", self.bytes.load(Relaxed));
+        let _ = writeln!(s, "condagate_response_bytes_total {}", self.total(|r| &r.bytes));
         let _ = writeln!(s, "# TYPE condagate_request_duration_seconds histogram");
         let mut cumulative = 0;
-        for (b, c) in BUCKETS.iter().zip(&self.duration_buckets) {
-            cumulative += c.load(Relaxed);
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.total(|r| &r.duration_buckets[i]);
             let _ = writeln!(s, "condagate_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
         }
-        let count = self.duration_count.load(Relaxed);
+        let count = self.total(|r| &r.duration_count);
         let _ = writeln!(s, "condagate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
         let _ =
-            writeln!(s, "condagate_request_duration_seconds_sum {}", self.duration_sum_us.load(Relaxed) as f64 / 1e6);
+            writeln!(s, "condagate_request_duration_seconds_sum {}", self.total(|r| &r.duration_sum_us) as f64 / 1e6);
         let _ = writeln!(s, "condagate_request_duration_seconds_count {count}");
         let _ = writeln!(s, "# TYPE condagate_upstream_errors_total counter");
         let _ = writeln!(s, "condagate_upstream_errors_total {}", self.upstream_errors.load(Relaxed));
@@ -191,5 +216,33 @@ impl Metrics {
         let _ = writeln!(s, "# TYPE condagate_view_cache_bytes gauge");
         let _ = writeln!(s, "condagate_view_cache_bytes {view_bytes}");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_counted_on_many_threads_add_up_over_the_shards() {
+        let m = Metrics::default();
+        std::thread::scope(|s| {
+            for _ in 0..SHARDS + 3 {
+                s.spawn(|| (0..100).for_each(|_| m.response(200, 10, 0.0002)));
+            }
+        });
+        m.response(404, 1, 2.0);
+        let text = m.render(0, 0, 0, 0);
+        for want in [
+            "condagate_requests_total{class=\"2xx\"} 1100\n",
+            "condagate_requests_total{class=\"4xx\"} 1\n",
+            "condagate_response_bytes_total 11001\n",
+            "condagate_request_duration_seconds_bucket{le=\"0.0005\"} 1100\n",
+            "condagate_request_duration_seconds_bucket{le=\"1\"} 1100\n",
+            "condagate_request_duration_seconds_bucket{le=\"5\"} 1101\n",
+            "condagate_request_duration_seconds_count 1101\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
     }
 }

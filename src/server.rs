@@ -123,7 +123,7 @@ async fn channel_file(
         None => None,
         Some(d) => Some(check_token(app, snap, &d, peer.ip(), &mut out.token)?),
     };
-    let view = snap.policy.authorize(path.channel(), path.label_name(), record.as_deref())?;
+    let view = snap.policy.authorize(path.channel(), path.label_name(), record.map(|r| &**r))?;
     let channel = snap.config.channel(path.channel()).ok_or(Error::NotFound)?;
     let from_header = path.token.is_none() && record.is_some();
 
@@ -165,19 +165,23 @@ async fn channel_file(
 
 /// Looks a presented token up and checks it, counting a failure against the client's address and refusing an
 /// address that is cooling down. `seen` gets the record whenever the token is known, even if refused, for the log.
-pub fn check_token(
+pub fn check_token<'s>(
     app: &App,
-    snap: &Snapshot,
+    snap: &'s Snapshot,
     token: &Digest,
     client: IpAddr,
     seen: &mut Option<Arc<TokenRecord>>,
-) -> Result<Arc<TokenRecord>, Error> {
+) -> Result<&'s Arc<TokenRecord>, Error> {
     if let Some(retry_after) = app.throttle.blocked(client, Instant::now()) {
         return Err(Error::Throttled { retry_after });
     }
-    let checked = snap.tokens.by_digest(token).cloned().ok_or(Denied::Unknown).and_then(|r| {
-        *seen = Some(Arc::clone(&r));
-        Policy::check_token(&r, OffsetDateTime::now_utc()).map(|()| r)
+    let checked = snap.tokens.by_digest(token).ok_or(Denied::Unknown).and_then(|r| {
+        // Kept for the access log only, and only when it is written: a clone is a write to the record's reference
+        // count, which every worker serving this token shares.
+        if tracing::enabled!(target: "condagate::access", tracing::Level::INFO) {
+            *seen = Some(Arc::clone(r));
+        }
+        Policy::check_token(r, OffsetDateTime::now_utc()).map(|()| r)
     });
     checked.map_err(|d| {
         if app.throttle.failure(client, Instant::now()) {
@@ -264,18 +268,18 @@ async fn dispatch(
 /// Handles one request: everything that can go wrong becomes a status and a problem+json body, never a dropped
 /// connection (hence `Infallible`); one access log line is written when the response body ends (or is abandoned).
 pub async fn handle(
-    app: Arc<App>,
+    conn: Arc<ConnShared>,
     req: Request<Incoming>,
-    peer: SocketAddr,
     in_flight: InFlight,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let snap = app.snapshot();
+    let (app, peer) = (&*conn.app, conn.peer);
+    let snap = app.current();
     // The path is redacted only if the span is recorded at all: nothing is formatted when logging is off.
     let path = route::Redacted(req.uri().path());
     let span = tracing::info_span!("request", method = %req.method(), %path, peer = %peer.ip());
     let mut out = Outcome::default();
-    let result = dispatch(&app, &snap, req, peer, &mut out).instrument(span.clone()).await;
+    let result = dispatch(app, &snap, req, peer, &mut out).instrument(span.clone()).await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -293,7 +297,7 @@ pub async fn handle(
     };
     let (parts, body) = resp.into_parts();
     let log = AccessLog {
-        app: Arc::clone(&app),
+        conn: Arc::clone(&conn),
         span,
         status: parts.status,
         outcome: out,
@@ -312,9 +316,16 @@ pub async fn handle(
     Ok(Response::from_parts(parts, Body::stream(Metered { inner: body, log })))
 }
 
+/// What the requests of one connection share. A request holds this rather than its own clone of the `App`: a
+/// connection stays on one worker thread, so its requests never write to a reference count other workers write to.
+pub struct ConnShared {
+    app: Arc<App>,
+    peer: SocketAddr,
+}
+
 /// Writes the access log line and the metrics of a request when its body is done or dropped.
 struct AccessLog {
-    app: Arc<App>,
+    conn: Arc<ConnShared>,
     span: tracing::Span,
     status: StatusCode,
     outcome: Outcome,
@@ -330,11 +341,11 @@ struct AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        self.app.metrics.response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
+        self.conn.app.metrics.response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
         let o = &self.outcome;
         if let (true, true, Some(path)) = (self.finished, self.status.is_success(), &o.path) {
             if let FileKind::Package(p) = &path.file {
-                self.app.metrics.download(path.channel(), p.name());
+                self.conn.app.metrics.download(path.channel(), p.name());
             }
         }
         let path = o.path.as_ref();
@@ -465,9 +476,9 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let mut counted = app.metrics.connections.open();
             let activity = Arc::new(Activity::new());
-            let app = Arc::clone(&app);
+            let shared = Arc::new(ConnShared { app: Arc::clone(&app), peer });
             let seen = Arc::clone(&activity);
-            let service = service_fn(move |req| handle(Arc::clone(&app), req, peer, InFlight::begin(&seen)));
+            let service = service_fn(move |req| handle(Arc::clone(&shared), req, InFlight::begin(&seen)));
             let protocols = Arc::clone(&protocols);
             let stop = stop_rx.clone();
             let acceptor = acceptor.clone();

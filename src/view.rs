@@ -9,9 +9,10 @@
 //! absolute base URL, which is then rewritten for everyone.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG};
@@ -93,8 +94,9 @@ struct Held {
     source: Source,
     /// The upstream's validators, as served for a full view.
     validators: Validators,
-    /// When the upstream last confirmed this version.
-    checked: Mutex<Instant>,
+    /// When the upstream last confirmed this version, in nanoseconds after [`Views::epoch`]. An atomic rather than a
+    /// lock, as every request for the document reads it.
+    checked: AtomicU64,
     absolute_base_url: bool,
     shard_names: Option<Arc<std::collections::HashMap<[u8; 32], String>>>,
     index: Option<Arc<ShardIndex>>,
@@ -104,13 +106,20 @@ struct Held {
 pub struct Views {
     cache: Cache<ViewKey, Arc<Rendered>, ByBytes>,
     /// Upstream documents by channel name, then path.
-    docs: DashMap<String, DashMap<String, Arc<Held>, FastHash>, FastHash>,
+    /// Read by every repodata request and changed only when a document is fetched, so it is swapped whole rather
+    /// than locked: reading it writes to nothing other threads share.
+    docs: ArcSwap<Docs>,
     loading: DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
     hits: AtomicU64,
     misses: AtomicU64,
     /// How long a held document is trusted without asking the upstream (`upstream.recheck`).
     recheck: Duration,
+    /// What `Held::checked` counts from.
+    epoch: Instant,
 }
+
+/// Held documents by channel name, then path.
+type Docs = hashbrown::HashMap<String, hashbrown::HashMap<String, Arc<Held>, FastHash>, FastHash>;
 
 fn view_etag(validator: &str, fingerprint: Option<[u8; 16]>, form: Form) -> String {
     let mut h = Sha256::new();
@@ -127,7 +136,8 @@ impl Views {
         let cache = Cache::with_weighter(1024, max_bytes.max(1), ByBytes);
         Views {
             cache,
-            docs: DashMap::default(),
+            docs: ArcSwap::default(),
+            epoch: Instant::now(),
             loading: DashMap::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -171,9 +181,7 @@ impl Views {
         match up.refetch(&channel.source, rel, held.as_ref().map(|h| h.doc.validator.as_str())).await {
             Ok(Refetch::Unchanged) => {
                 let h = held.ok_or_else(|| Error::Internal("unchanged document not held".into()))?;
-                if let Ok(mut c) = h.checked.lock() {
-                    *c = Instant::now();
-                }
+                h.checked.store(self.now(), Relaxed);
                 Ok(h)
             }
             Ok(Refetch::Changed(doc)) => {
@@ -191,12 +199,16 @@ impl Views {
                     doc,
                     source: channel.source.clone(),
                     validators,
-                    checked: Mutex::new(Instant::now()),
+                    checked: AtomicU64::new(self.now()),
                     absolute_base_url,
                     shard_names,
                     index,
                 });
-                self.docs.entry(channel.name.clone()).or_default().insert(rel.to_owned(), Arc::clone(&held));
+                self.docs.rcu(|docs| {
+                    let mut docs = Docs::clone(docs);
+                    docs.entry(channel.name.clone()).or_default().insert(rel.to_owned(), Arc::clone(&held));
+                    docs
+                });
                 Ok(held)
             }
             Err(e) => {
@@ -210,15 +222,24 @@ impl Views {
 
     /// The document held for `rel` of `channel`, if it came from the channel's current source.
     fn held(&self, channel: &Channel, rel: &str) -> Option<Arc<Held>> {
-        let docs = self.docs.get(&channel.name)?;
-        let h = docs.get(rel)?;
-        (h.source == channel.source).then(|| Arc::clone(&h))
+        let docs = self.docs.load();
+        let h = docs.get(&channel.name)?.get(rel)?;
+        (h.source == channel.source).then(|| Arc::clone(h))
     }
 
     fn forget(&self, channel: &Channel, rel: &str) {
-        if let Some(docs) = self.docs.get(&channel.name) {
-            docs.remove(rel);
-        }
+        self.docs.rcu(|docs| {
+            let mut docs = Docs::clone(docs);
+            if let Some(held) = docs.get_mut(&channel.name) {
+                held.remove(rel);
+            }
+            docs
+        });
+    }
+
+    /// Nanoseconds since `epoch`.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The held document if it is known to be current without fetching: checked within `upstream.recheck` (or
@@ -228,16 +249,15 @@ impl Views {
             return Ok(None);
         };
         let fresh_for = h.doc.max_age.unwrap_or(self.recheck);
-        if h.checked.lock().is_ok_and(|c| c.elapsed() < fresh_for) {
+        let age = Duration::from_nanos(self.now().saturating_sub(h.checked.load(Relaxed)));
+        if age < fresh_for {
             return Ok(Some(h));
         }
         match &channel.source {
             Source::Http { .. } => Ok(None),
             Source::Dir(root) => match crate::upstream::file_stamp(&root.join(rel)) {
                 Ok(stamp) if Some(stamp) == h.doc.stamp => {
-                    if let Ok(mut c) = h.checked.lock() {
-                        *c = Instant::now();
-                    }
+                    h.checked.store(self.now(), Relaxed);
                     Ok(Some(h))
                 }
                 Ok(_) => Ok(None),
