@@ -269,10 +269,37 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
+/// Byte classes of a path segment, as bit flags: `%`, bytes no segment may hold (`/`, `\`, ASCII control
+/// characters), and bytes beyond ASCII.
+const PERCENT: u8 = 1;
+const BAD: u8 = 2;
+const NON_ASCII: u8 = 4;
+
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            b'%' => PERCENT,
+            b'/' | b'\\' | 0..=0x1f | 0x7f => BAD,
+            0x80.. => NON_ASCII,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// The classes of every byte of `s`, in one pass without branches.
+fn classes(s: &str) -> u8 {
+    s.bytes().fold(0, |flags, b| flags | CLASS[usize::from(b)])
+}
+
 /// Percent-decodes one segment and checks it can name nothing but itself. Borrows when nothing is encoded.
 fn decode_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
-    if !raw.contains('%') {
-        return check_segment(Cow::Borrowed(raw));
+    let flags = classes(raw);
+    if flags & PERCENT == 0 {
+        return check_segment(Cow::Borrowed(raw), flags);
     }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -288,15 +315,15 @@ fn decode_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
             i += 1;
         }
     }
-    check_segment(Cow::Owned(String::from_utf8(out).map_err(|_| RouteError::BadPath)?))
+    let decoded = String::from_utf8(out).map_err(|_| RouteError::BadPath)?;
+    let flags = classes(&decoded);
+    check_segment(Cow::Owned(decoded), flags)
 }
 
-fn check_segment(s: Cow<'_, str>) -> Result<Cow<'_, str>, RouteError> {
-    // Bytes first (every path is ASCII in practice); characters only when there is something beyond ASCII, for the
-    // C1 control characters.
-    let bad_byte = |b: u8| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f;
-    let bad =
-        if s.is_ascii() { s.bytes().any(bad_byte) } else { s.chars().any(|c| c == '/' || c == '\\' || c.is_control()) };
+/// Checks a decoded segment whose byte classes are `flags`.
+fn check_segment(s: Cow<'_, str>, flags: u8) -> Result<Cow<'_, str>, RouteError> {
+    // Characters are looked at only when there is something beyond ASCII, for the C1 control characters.
+    let bad = flags & BAD != 0 || (flags & NON_ASCII != 0 && s.chars().any(char::is_control));
     if s == "." || s == ".." || bad {
         return Err(RouteError::BadPath);
     }
@@ -501,6 +528,17 @@ mod tests {
     fn malformed_path_tokens_are_kept_as_malformed() {
         let c = chan("/t/a/c/noarch/repodata.json");
         assert_eq!(c.token, Some(Err(MalformedToken)));
+    }
+
+    #[test]
+    fn segments_beyond_ascii_are_checked_by_character() {
+        // U+0085 (NEL) is a C1 control character: refused, encoded or not; é is an ordinary one.
+        assert_eq!(parse("/c/noarch/a%c2%85-1-0.conda", ""), Err(RouteError::BadPath));
+        assert_eq!(parse("/c/noarch/a\u{85}-1-0.conda", ""), Err(RouteError::BadPath));
+        assert_eq!(chan("/c/noarch/caf%c3%a9-1-0.conda").file_name(), "caf\u{e9}-1-0.conda");
+        assert_eq!(chan("/c/noarch/caf\u{e9}-1-0.conda").file_name(), "caf\u{e9}-1-0.conda");
+        // A literal `%` once decoded is just a character.
+        assert_eq!(chan("/c/noarch/a%2525-1-0.conda").file_name(), "a%25-1-0.conda");
     }
 
     #[test]
