@@ -102,7 +102,7 @@ fn identify(
         .map_err(|_| unauthorized("the token given is malformed"))?
         .ok_or_else(|| unauthorized("authentication required: send Authorization: token <TOKEN>"))?;
     let mut seen = None;
-    check_token(app, snap, &token.digest(), peer.ip(), &mut seen)
+    check_token(app, snap, &token.digest(), peer.ip(), std::time::Instant::now(), &mut seen)
         .map_err(|e| match e {
             Error::Throttled { retry_after } => {
                 err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {retry_after} s"))

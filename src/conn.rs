@@ -80,21 +80,32 @@ impl Activity {
 }
 
 /// Marks a request in flight on its connection until the response body is done with.
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    /// When the request ended, if the caller read the clock already.
+    ended: Option<Instant>,
+}
 
 impl InFlight {
     pub(crate) fn begin(a: &Arc<Activity>) -> Self {
         a.started.fetch_add(1, Ordering::AcqRel);
         a.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(a))
+        InFlight { activity: Arc::clone(a), ended: None }
+    }
+
+    /// Notes when the request ended, so that dropping it need not read the clock again.
+    pub(crate) fn ended_at(&mut self, at: Instant) {
+        self.ended = Some(at);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let at = u64::try_from(self.0.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.0.idle_since.store(at, Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let a = &self.activity;
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        let at = u64::try_from(ended.saturating_duration_since(a.born).as_nanos()).unwrap_or(u64::MAX);
+        a.idle_since.store(at, Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -176,7 +176,16 @@ impl Policy {
 
     /// Checks a token record's own state: not revoked, not expired.
     pub fn check_token(record: &TokenRecord, now: OffsetDateTime) -> Result<(), Denied> {
-        match record.status(now) {
+        Self::check_status(record.status(now))
+    }
+
+    /// [`Policy::check_token`] at this moment, reading the clock only for a token that can expire.
+    pub fn check_token_now(record: &TokenRecord) -> Result<(), Denied> {
+        Self::check_status(record.status_now())
+    }
+
+    fn check_status(status: TokenStatus) -> Result<(), Denied> {
+        match status {
             TokenStatus::Active => Ok(()),
             TokenStatus::Revoked => Err(Denied::Revoked),
             TokenStatus::Expired(at) => Err(Denied::Expired(at)),

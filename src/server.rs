@@ -17,7 +17,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -110,6 +109,7 @@ async fn channel_file(
     req: &Request<Incoming>,
     peer: SocketAddr,
     path: &ChannelPath,
+    now: Instant,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Error> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -121,7 +121,7 @@ async fn channel_file(
     };
     let record = match digest {
         None => None,
-        Some(d) => Some(check_token(app, snap, &d, peer.ip(), &mut out.token)?),
+        Some(d) => Some(check_token(app, snap, &d, peer.ip(), now, &mut out.token)?),
     };
     let view = snap.policy.authorize(path.channel(), path.label_name(), record.map(|r| &**r))?;
     let channel = snap.config.channel(path.channel()).ok_or(Error::NotFound)?;
@@ -170,9 +170,10 @@ pub fn check_token<'s>(
     snap: &'s Snapshot,
     token: &Digest,
     client: IpAddr,
+    now: Instant,
     seen: &mut Option<Arc<TokenRecord>>,
 ) -> Result<&'s Arc<TokenRecord>, Error> {
-    if let Some(retry_after) = app.throttle.blocked(client, Instant::now()) {
+    if let Some(retry_after) = app.throttle.blocked(client, now) {
         return Err(Error::Throttled { retry_after });
     }
     let checked = snap.tokens.by_digest(token).ok_or(Denied::Unknown).and_then(|r| {
@@ -181,10 +182,10 @@ pub fn check_token<'s>(
         if tracing::enabled!(target: "condagate::access", tracing::Level::INFO) {
             *seen = Some(Arc::clone(r));
         }
-        Policy::check_token(r, OffsetDateTime::now_utc()).map(|()| r)
+        Policy::check_token_now(r).map(|()| r)
     });
     checked.map_err(|d| {
-        if app.throttle.failure(client, Instant::now()) {
+        if app.throttle.failure(client, now) {
             app.metrics.throttled();
             tracing::warn!(%client, "too many failed token checks; cooling down");
         }
@@ -204,6 +205,7 @@ async fn dispatch(
     snap: &Snapshot,
     req: Request<Incoming>,
     peer: SocketAddr,
+    now: Instant,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Error> {
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
@@ -219,7 +221,7 @@ async fn dispatch(
     })?;
     match route {
         Route::Channel(path) => {
-            let result = channel_file(app, snap, &req, peer, &path, out).await;
+            let result = channel_file(app, snap, &req, peer, &path, now, out).await;
             out.path = Some(path);
             result
         }
@@ -252,7 +254,7 @@ async fn dispatch(
                 app.views.hits(),
                 app.views.misses(),
                 app.views.bytes(),
-                app.throttle.blocked_count(Instant::now()),
+                app.throttle.blocked_count(now),
             );
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
@@ -281,9 +283,9 @@ pub async fn handle(
     let mut out = Outcome::default();
     let result = if span.is_disabled() {
         // Logging off: no span to enter on every poll, and one move of the request future less.
-        dispatch(app, &snap, req, peer, &mut out).await
+        dispatch(app, &snap, req, peer, started, &mut out).await
     } else {
-        dispatch(app, &snap, req, peer, &mut out).instrument(span.clone()).await
+        dispatch(app, &snap, req, peer, started, &mut out).instrument(span.clone()).await
     };
     let resp = match result {
         Ok(r) => r,
@@ -316,7 +318,7 @@ pub async fn handle(
             }
         },
         finished: false,
-        _in_flight: in_flight,
+        in_flight,
     };
     Ok(Response::from_parts(parts, Body::stream(Metered { inner: body, log })))
 }
@@ -340,12 +342,14 @@ struct AccessLog {
     expected: Option<u64>,
     finished: bool,
     /// Held until the body is done, so the connection counts as busy while it streams.
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        let elapsed = self.started.elapsed();
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(self.started);
+        self.in_flight.ended_at(ended);
         self.conn.app.metrics.response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
         let o = &self.outcome;
         if let (true, true, Some(path)) = (self.finished, self.status.is_success(), &o.path) {

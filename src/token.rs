@@ -320,6 +320,14 @@ impl TokenRecord {
         }
     }
 
+    /// The token's status now. The clock is read only for a token that can expire.
+    pub fn status_now(&self) -> TokenStatus {
+        match (self.revoked, self.expires) {
+            (None, None) => TokenStatus::Active,
+            _ => self.status(OffsetDateTime::now_utc()),
+        }
+    }
+
     /// Whether any of the token's scopes allows downloads.
     pub fn can_download(&self) -> bool {
         self.scopes.iter().any(|s| s.allows_download())
