@@ -211,7 +211,14 @@ pub fn load(path: &Path) -> Result<Vec<TokenRecord>, StoreError> {
 /// A basic TOML string with nothing to unescape, or `None`.
 fn plain_string(v: &str) -> Option<&str> {
     let inner = v.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains(['"', '\\']) && !inner.chars().any(char::is_control)).then_some(inner)
+    // One pass over the bytes; characters are decoded only if there is something beyond ASCII (C1 controls).
+    let (mut special, mut wide) = (false, false);
+    for b in inner.bytes() {
+        special |= b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f;
+        wide |= b >= 0x80;
+    }
+    let plain = !special && !(wide && inner.chars().any(char::is_control));
+    plain.then_some(inner)
 }
 
 /// A one-line array of plain strings, or `None`.
@@ -485,6 +492,14 @@ mod tests {
         let plain = render(&records[..1]).unwrap().replace("[[token]]", "# a note\n[[token]]\n");
         assert!(parse_canonical(&plain).is_some());
         assert!(parse_canonical(&format!("{plain}extra = \"x\"\n")).is_none());
+        // A backslash or a control character (ASCII or C1) in a string leaves the file to the general parser;
+        // other text beyond ASCII stays on the fast path.
+        let one = |name: &str| render(&[record(name, "cg-one1")]).unwrap();
+        assert!(parse_canonical(&one("zoë")).is_some());
+        for odd in ["back\\slash", "bell\u{7}", "nel\u{85}"] {
+            assert!(parse_canonical(&one(odd)).is_none(), "{odd:?}");
+            assert_eq!(&*parse(Path::new("t.toml"), &one(odd)).unwrap()[0].name, odd);
+        }
         assert!(parse(Path::new("t.toml"), &format!("{plain}extra = \"x\"\n"))
             .unwrap_err()
             .to_string()

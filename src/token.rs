@@ -122,13 +122,42 @@ impl Digest {
     }
 }
 
+/// The value of a hex digit (either case), or 0x80 for a byte that is not one.
+static HEX_VALUE: [u8; 256] = {
+    let mut table = [0x80u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            c @ b'0'..=b'9' => c - b'0',
+            c @ b'a'..=b'f' => c - b'a' + 10,
+            c @ b'A'..=b'F' => c - b'A' + 10,
+            _ => 0x80,
+        };
+        b += 1;
+    }
+    table
+};
+
 impl FromStr for Digest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let hex_part = s.strip_prefix("sha256:").ok_or_else(|| format!("{s:?} does not start with \"sha256:\""))?;
+        let bad = || format!("{s:?} is not \"sha256:\" followed by 64 hex digits");
+        let hex_part = hex_part.as_bytes();
+        if hex_part.len() != 64 {
+            return Err(bad());
+        }
+        // A table look-up per digit: a tokens file holds a million of these.
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out)
-            .map_err(|_| format!("{s:?} is not \"sha256:\" followed by 64 hex digits"))?;
+        let mut invalid = 0u8;
+        for (o, pair) in out.iter_mut().zip(hex_part.chunks_exact(2)) {
+            let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+            invalid |= (hi | lo) & 0x80;
+            *o = hi << 4 | (lo & 0x0f);
+        }
+        if invalid != 0 {
+            return Err(bad());
+        }
         Ok(Digest(out))
     }
 }
@@ -403,6 +432,11 @@ mod tests {
         assert_eq!(d.to_stored().parse::<Digest>().unwrap(), d);
         assert!("md5:00".parse::<Digest>().is_err());
         assert!("sha256:zz".parse::<Digest>().is_err());
+        let hex = d.to_stored()[7..].to_owned();
+        assert_eq!(format!("sha256:{}", hex.to_uppercase()).parse::<Digest>().unwrap(), d);
+        for bad in [&hex[1..], &format!("{hex}0"), &format!("g{}", &hex[1..]), &format!("{}\u{e9}", &hex[2..])] {
+            assert!(format!("sha256:{bad}").parse::<Digest>().is_err(), "{bad}");
+        }
     }
 
     #[test]
