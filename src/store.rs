@@ -217,8 +217,8 @@ fn plain_string(v: &str) -> Option<&str> {
         special |= b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f;
         wide |= b >= 0x80;
     }
-    let plain = !special && !(wide && inner.chars().any(char::is_control));
-    plain.then_some(inner)
+    let odd = special || (wide && inner.chars().any(char::is_control));
+    (!odd).then_some(inner)
 }
 
 /// A one-line array of plain strings, or `None`.
