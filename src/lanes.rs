@@ -1,8 +1,8 @@
 //! Worker threads that serve connections, each with its own single-threaded runtime (`server.workers` of them).
 //!
 //! One multi-threaded runtime shares a single epoll instance between its workers: one worker takes every readiness
-//! event and the others steal the woken tasks, so connection state moves between cores and the second core sits idle
-//! much of the time. Like nginx's worker processes, a lane owns its connections from accept to close: their sockets
+//! event and the others steal the woken tasks, so connection state moves between cores, and a worker with nothing
+//! to steal sleeps until it is woken. Like nginx's worker processes, a lane owns its connections from accept to close: their sockets
 //! are registered with the lane's own reactor, their tasks never move, and a lane never waits for another.
 //!
 //! The accept loop stays on the caller's runtime and hands each new socket to the lane serving the fewest
@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
 use crate::metrics::Connections;
-use tokio::sync::oneshot;
 
 /// The running lanes. Dropping them stops every lane, cutting the connections it still serves.
 pub(crate) struct Lanes {

@@ -164,7 +164,8 @@ async fn channel_file(
 }
 
 /// Looks a presented token up and checks it, counting a failure against the client's address and refusing an
-/// address that is cooling down. `seen` gets the record whenever the token is known, even if refused, for the log.
+/// address that is cooling down. When the access log is on, `seen` gets the record whenever the token is known, even
+/// if refused. The record is borrowed from the snapshot, which the caller holds for the request.
 pub fn check_token<'s>(
     app: &App,
     snap: &'s Snapshot,
