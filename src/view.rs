@@ -118,6 +118,31 @@ pub struct Views {
     epoch: Instant,
 }
 
+/// A document's turn to be fetched, shared by the requests that want it at the same time. The last one to leave
+/// removes it, so paths asked for once (a subdir a channel lacks, say) leave nothing behind.
+struct LoadGate<'a> {
+    views: &'a Views,
+    key: (String, String),
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> LoadGate<'a> {
+    fn new(views: &'a Views, key: (String, String)) -> Self {
+        let lock = Arc::clone(views.loading.entry(key.clone()).or_default().value());
+        LoadGate { views, key, lock }
+    }
+}
+
+impl Drop for LoadGate<'_> {
+    fn drop(&mut self) {
+        // Two references left (the map's and this one) means no other request holds the gate; the map's shard lock
+        // keeps a new request from taking it meanwhile.
+        self.views
+            .loading
+            .remove_if(&self.key, |_, lock| Arc::ptr_eq(lock, &self.lock) && Arc::strong_count(lock) == 2);
+    }
+}
+
 /// Held documents by channel name, then path.
 type Docs = hashbrown::HashMap<String, hashbrown::HashMap<String, Arc<Held>, FastHash>, FastHash>;
 
@@ -172,8 +197,8 @@ impl Views {
     /// Fetches a document that is not held, or has changed, and holds it.
     async fn load(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
         // One fetch per document at a time: a burst of first requests reads a large repodata once, not once each.
-        let gate = Arc::clone(self.loading.entry((channel.name.clone(), rel.to_owned())).or_default().value());
-        let _turn = gate.lock().await;
+        let gate = LoadGate::new(self, (channel.name.clone(), rel.to_owned()));
+        let _turn = Arc::clone(&gate.lock).lock_owned().await;
         if let Some(h) = self.current(channel, rel)? {
             return Ok(h);
         }
@@ -228,6 +253,12 @@ impl Views {
     }
 
     fn forget(&self, channel: &Channel, rel: &str) {
+        // A path that was never held (a subdir the channel lacks, asked for by every client) changes nothing: the
+        // map is copied only to drop something.
+        let holds = |docs: &Docs| docs.get(&channel.name).is_some_and(|held| held.contains_key(rel));
+        if !holds(&self.docs.load()) {
+            return;
+        }
         self.docs.rcu(|docs| {
             let mut docs = Docs::clone(docs);
             if let Some(held) = docs.get_mut(&channel.name) {
@@ -426,4 +457,30 @@ fn respond(bytes: &Bytes, v: &Validators, method: &Method, headers: &HeaderMap) 
         *resp.body_mut() = full(body);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn paths_that_do_not_exist_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("channels/c/noarch")).unwrap();
+        let repodata = r#"{"info":{"subdir":"noarch"},"packages":{},"packages.conda":{}}"#;
+        std::fs::write(dir.path().join("channels/c/noarch/repodata.json"), repodata).unwrap();
+        let text = "[upstream]\ndir = \"channels\"\n[[channels]]\nname = \"c\"\naccess = \"public\"\n";
+        let cfg = Config::from_toml_str(text, dir.path()).unwrap();
+        let channel = cfg.channel("c").unwrap();
+        let up = Upstreams::new(cfg.upstream_timeouts);
+        let views = Views::new(1 << 20, Duration::from_secs(1));
+        for i in 0..50 {
+            let missing = views.document(&up, channel, &format!("sub-{i}/repodata.json")).await;
+            assert!(matches!(missing, Err(Error::NotFound)), "{:?}", missing.err());
+        }
+        assert!(views.document(&up, channel, "noarch/repodata.json").await.is_ok());
+        assert_eq!(views.loading.len(), 0, "load gates left behind");
+        assert_eq!(views.docs.load().get("c").map_or(0, |d| d.len()), 1, "only the document that exists is held");
+    }
 }
