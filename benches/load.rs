@@ -310,6 +310,47 @@ impl Drop for Nginx {
     }
 }
 
+/// CPU seconds (user + system, all threads) that the processes `pids` have used so far.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the
+            // 12th and 13th of them.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The processes whose parent is `parent` (nginx's workers).
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+                Some(ppid == parent)
+            }) == Some(true)
+        })
+        .collect()
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -511,25 +552,56 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs A and B alternately and returns the median of A/B by `metric`.
+/// One side of a comparison: its name, the URL to load, and the processes serving it (for their CPU time).
+struct Side<'a> {
+    name: &'a str,
+    url: &'a str,
+    servers: Vec<u32>,
+}
+
+impl<'a> Side<'a> {
+    fn new(name: &'a str, url: &'a str, servers: &[u32]) -> Self {
+        Side { name, url, servers: servers.to_vec() }
+    }
+}
+
+/// Runs A and B in turn for `o.rounds` rounds; prints each run, the server CPU time per request, and the median
+/// ratio A / B of `metric`, which it returns. The CPU time does not depend on how fast the load generator is, so it
+/// still compares the servers when the generator's one thread is what limits both.
 fn side_by_side(
     label: &str,
-    a: (&str, &str),
-    b: (&str, &str),
+    a: Side<'_>,
+    b: Side<'_>,
     o: &Opts,
     metric: fn(&Run) -> f64,
     gen: fn(&str, usize, Duration) -> Run,
 ) -> f64 {
     println!("{label}");
     let mut ratios = Vec::new();
+    let (mut cpu_a, mut cpu_b) = (Vec::new(), Vec::new());
+    let run = |side: &Side<'_>, round: usize, cpu: &mut Vec<f64>| {
+        let before = cpu_seconds(&side.servers);
+        let r = gen(side.url, o.connections, o.duration);
+        let per_request = (cpu_seconds(&side.servers) - before) / (r.requests.max(1) as f64) * 1e6;
+        cpu.push(per_request);
+        r.show(&format!("round {round} {}", side.name));
+        println!("  {:<44} {per_request:>9.1} µs of server CPU per request", "");
+        r
+    };
     for round in 1..=o.rounds {
-        let ra = gen(a.1, o.connections, o.duration);
-        ra.show(&format!("round {round} {}", a.0));
-        let rb = gen(b.1, o.connections, o.duration);
-        rb.show(&format!("round {round} {}", b.0));
+        let ra = run(&a, round, &mut cpu_a);
+        let rb = run(&b, round, &mut cpu_b);
         ratios.push(metric(&ra) / metric(&rb).max(f64::MIN_POSITIVE));
     }
     let m = median(ratios.clone());
-    println!("  => median ratio {} / {} = {m:.2}x (rounds: {ratios:.2?})\n", a.0, b.0);
+    println!("  => median ratio {} / {} = {m:.2}x (rounds: {ratios:.2?})", a.name, b.name);
+    println!(
+        "  => server CPU per request (median): {} {:.1} µs, {} {:.1} µs\n",
+        a.name,
+        median(cpu_a),
+        b.name,
+        median(cpu_b)
+    );
     m
 }
 
@@ -603,8 +675,8 @@ fn main() {
     let mbps = |r: &Run| r.mbps();
     side_by_side(
         "restricted cached view (95% of names) vs the unrestricted file (condagate vs itself), requests/s:",
-        ("restricted view", &restricted),
-        ("full file", &full_view),
+        Side::new("restricted view", &restricted, &[pid]),
+        Side::new("full file", &full_view, &[pid]),
         &o,
         rps,
         drive,
@@ -625,34 +697,40 @@ fn main() {
     std::fs::write(&cfg_http, config_text(&format!("[upstream]\nurl = \"http://127.0.0.1:{origin_port}\""))).unwrap();
     let (cg_http, addr_http) = start_condagate(&cfg_http);
 
+    let workers = children(nginx.master.id());
     let r1 = side_by_side(
         "small repodata.json (unrestricted token), wrk requests/s:",
-        ("condagate", &small),
-        ("nginx+map", &ng(&alice, "pub/noarch/repodata.json", port)),
+        Side::new("condagate", &small, &[pid]),
+        Side::new("nginx+map", &ng(&alice, "pub/noarch/repodata.json", port), &workers),
         &o,
         rps,
         wrk,
     );
     let r2 = side_by_side(
         "24 MB package, wrk MB/s (8 connections):",
-        ("condagate", &big),
-        ("nginx sendfile", &ng(&alice, "pub/noarch/big-1.0-0.tar.bz2", port)),
+        Side::new("condagate", &big, &[pid]),
+        Side::new("nginx sendfile", &ng(&alice, "pub/noarch/big-1.0-0.tar.bz2", port), &workers),
         &Opts { connections: 8, urls: Vec::new(), ..o },
         mbps,
         wrk,
     );
     let r3 = side_by_side(
         "restricted cached view (95% of names) vs unrestricted file (condagate vs itself), wrk requests/s:",
-        ("restricted view", &restricted),
-        ("full file", &full_view),
+        Side::new("restricted view", &restricted, &[pid]),
+        Side::new("full file", &full_view, &[pid]),
         &o,
         rps,
         wrk,
     );
     let r4 = side_by_side(
-        "HTTP upstream: condagate -> nginx vs nginx proxy_pass+map -> nginx, small repodata.json, wrk requests/s:",
-        ("condagate", &format!("http://{addr_http}/t/{alice}/pub/noarch/repodata.json")),
-        ("nginx proxy_pass", &ng(&alice, "pub/noarch/repodata.json", proxy_port)),
+        "HTTP upstream: condagate -> nginx vs nginx proxy_pass+map -> nginx, small repodata.json, wrk requests/s \
+         (server CPU: the proxy plus the nginx behind it):",
+        Side::new(
+            "condagate",
+            &format!("http://{addr_http}/t/{alice}/pub/noarch/repodata.json"),
+            &[&[cg_http.0.id()], &workers[..]].concat(),
+        ),
+        Side::new("nginx proxy_pass", &ng(&alice, "pub/noarch/repodata.json", proxy_port), &workers),
         &o,
         rps,
         wrk,
