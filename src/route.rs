@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::token::{Digest, MalformedToken, Token};
+use crate::token::{hex_digit, Digest, MalformedToken, Token};
 
 /// Why a path is refused before any authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,16 +192,11 @@ impl ChannelPath {
         if *file == self.file {
             return Cow::Borrowed(self.upstream_path());
         }
-        let mut p = String::with_capacity(self.upstream_path().len() + file_part_len(file));
-        if let Some(l) = self.label() {
-            p.push_str("label/");
-            p.push_str(l);
-            p.push('/');
-        }
-        if let Some(s) = self.subdir() {
-            p.push_str(s);
-            p.push('/');
-        }
+        // The same folder: the upstream path up to the file's part, which follows the last folder name and its `/`.
+        let dir_end = self.subdir.as_ref().or(self.label.as_ref()).map_or(self.channel_end, |r| r.end) + 1;
+        let dir = &self.text[self.channel_end + 1..dir_end];
+        let mut p = String::with_capacity(dir.len() + file_part_len(file));
+        p.push_str(dir);
         push_file_part(&mut p, file);
         Cow::Owned(p)
     }
@@ -260,15 +255,6 @@ pub enum Route {
     Metrics,
 }
 
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Byte classes of a path segment, as bit flags: `%`, bytes no segment may hold (`/`, `\`, ASCII control
 /// characters), and bytes beyond ASCII.
 const PERCENT: u8 = 1;
@@ -306,8 +292,8 @@ fn decode_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_val).ok_or(RouteError::BadPath)?;
-            let lo = bytes.get(i + 2).copied().and_then(hex_val).ok_or(RouteError::BadPath)?;
+            let hi = bytes.get(i + 1).copied().and_then(hex_digit).ok_or(RouteError::BadPath)?;
+            let lo = bytes.get(i + 2).copied().and_then(hex_digit).ok_or(RouteError::BadPath)?;
             out.push(hi << 4 | lo);
             i += 3;
         } else {

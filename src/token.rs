@@ -138,6 +138,12 @@ static HEX_VALUE: [u8; 256] = {
     table
 };
 
+/// The value of a hex digit, either case.
+pub(crate) fn hex_digit(b: u8) -> Option<u8> {
+    let v = HEX_VALUE[usize::from(b)];
+    (v & 0x80 == 0).then_some(v)
+}
+
 impl FromStr for Digest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
