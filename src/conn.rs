@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::body::Body;
+use crate::clock;
 use crate::metrics::Counted;
 
 /// How long an HTTP/1.1 connection waits for its next request before it is parked.
@@ -64,8 +65,7 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = self.born + Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
-        Some(since + limit)
+        Some(self.last_answered() + limit)
     }
 
     /// Since when the connection has been quiet, if it has answered a request since `started_before` and handed
@@ -75,7 +75,12 @@ impl Activity {
         let quiet = self.started.load(Ordering::Acquire) > started_before
             && self.in_flight.load(Ordering::Acquire) == 0
             && !self.write_blocked.load(Ordering::Acquire);
-        quiet.then(|| self.born + Duration::from_nanos(self.idle_since.load(Ordering::Acquire)))
+        quiet.then(|| self.last_answered())
+    }
+
+    /// When the last request finished (when the connection opened, if none has).
+    fn last_answered(&self) -> Instant {
+        clock::after(self.born, self.idle_since.load(Ordering::Acquire))
     }
 }
 
@@ -103,8 +108,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.activity;
         let ended = self.ended.unwrap_or_else(Instant::now);
-        let at = u64::try_from(ended.saturating_duration_since(a.born).as_nanos()).unwrap_or(u64::MAX);
-        a.idle_since.store(at, Ordering::Release);
+        a.idle_since.store(clock::nanos_after(a.born, ended), Ordering::Release);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod app;
 pub mod body;
+mod clock;
 pub mod conditional;
 pub mod config;
 mod conn;

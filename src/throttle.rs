@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::clock;
+
 /// Most addresses tracked at once.
 pub const MAX_TRACKED: usize = 100_000;
 
@@ -50,7 +52,7 @@ impl Throttle {
 
     /// If `addr` is cooling down, the seconds left.
     pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
-        if now >= self.base + Duration::from_nanos(self.cooling_until.load(Relaxed)) {
+        if now >= clock::after(self.base, self.cooling_until.load(Relaxed)) {
             return None;
         }
         let e = self.entries.get(&addr)?;
@@ -76,8 +78,7 @@ impl Throttle {
         e.failures += 1;
         if e.failures > self.max_failures && e.blocked_until.is_none_or(|u| u <= now) {
             e.blocked_until = Some(now + self.cooldown);
-            let until = (now + self.cooldown).saturating_duration_since(self.base).as_nanos();
-            self.cooling_until.fetch_max(u64::try_from(until).unwrap_or(u64::MAX), Relaxed);
+            self.cooling_until.fetch_max(clock::nanos_after(self.base, now + self.cooldown), Relaxed);
             e.failures = 0;
             e.window_start = now;
             return true;

@@ -22,6 +22,7 @@ use quick_cache::Weighter;
 use sha2::{Digest as _, Sha256};
 
 use crate::body::{empty, full, Body};
+use crate::clock;
 use crate::conditional::{self, RangeAsk};
 use crate::config::{Channel, Source};
 use crate::error::Error;
@@ -270,7 +271,7 @@ impl Views {
 
     /// Nanoseconds since `epoch`.
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        clock::nanos_after(self.epoch, Instant::now())
     }
 
     /// The held document if it is known to be current without fetching: checked within `upstream.recheck` (or
