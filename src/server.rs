@@ -311,13 +311,11 @@ pub async fn handle(
         outcome: out,
         started,
         bytes: 0,
-        expected: match &body {
-            // Bytes in memory carry their length; hyper writes the header from it.
-            Body::Full(_) => http_body::Body::size_hint(&body).exact(),
-            Body::Stream(_) => {
-                parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
-            }
-        },
+        // The body's own length when it knows it (bytes in memory, for which hyper writes the header), else the
+        // `Content-Length` a stream was given.
+        expected: HttpBody::size_hint(&body)
+            .exact()
+            .or_else(|| parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())),
         finished: false,
         in_flight,
     };

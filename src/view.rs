@@ -31,10 +31,6 @@ use crate::policy::View;
 use crate::route::{ChannelPath, FileKind};
 use crate::upstream::{Document, Refetch, Upstreams};
 
-/// foldhash, seeded per process: the document maps are read on every repodata request, with keys from the config
-/// and existing files only.
-type FastHash = hashbrown::DefaultHashBuilder;
-
 /// The forms a view is rendered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Form {
@@ -144,8 +140,9 @@ impl Drop for LoadGate<'_> {
     }
 }
 
-/// Held documents by channel name, then path.
-type Docs = hashbrown::HashMap<String, hashbrown::HashMap<String, Arc<Held>, FastHash>, FastHash>;
+/// Held documents by channel name, then path. hashbrown's maps hash with foldhash: they are read on every repodata
+/// request, with keys from the config and existing files only.
+type Docs = hashbrown::HashMap<String, hashbrown::HashMap<String, Arc<Held>>>;
 
 fn view_etag(validator: &str, fingerprint: Option<[u8; 16]>, form: Form) -> String {
     let mut h = Sha256::new();
