@@ -310,16 +310,19 @@ impl Drop for Nginx {
     }
 }
 
+/// The numeric fields of `/proc/<pid>/stat` after the command name (which is in parentheses and may hold spaces):
+/// the process state is the first, the parent's pid the second, utime and stime the 12th and 13th.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
 /// CPU seconds (user + system, all threads) that the processes `pids` have used so far.
 fn cpu_seconds(pids: &[u32]) -> f64 {
     let ticks: u64 = pids
         .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the
-            // 12th and 13th of them.
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
+        .filter_map(|&pid| {
+            let f = stat_fields(pid)?;
             Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
         })
         .sum();
@@ -342,12 +345,7 @@ fn clock_ticks_per_second() -> f64 {
 fn children(parent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
-                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok()?;
-                Some(ppid == parent)
-            }) == Some(true)
-        })
+        .filter(|&pid| stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(parent))
         .collect()
 }
 
@@ -551,7 +549,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs A and B alternately and returns the median of A/B by `metric`.
 /// One side of a comparison: its name, the URL to load, and the processes serving it (for their CPU time).
 struct Side<'a> {
     name: &'a str,
