@@ -204,16 +204,24 @@ impl ChannelPath {
 
 /// The file names of the kinds that have one fixed name.
 fn fixed_name(file: &FileKind) -> Option<&'static str> {
-    Some(match file {
-        FileKind::RepodataJson => "repodata.json",
-        FileKind::RepodataZst => "repodata.json.zst",
-        FileKind::RepodataBz2 => "repodata.json.bz2",
-        FileKind::CurrentRepodata => "current_repodata.json",
-        FileKind::ShardIndex => "repodata_shards.msgpack.zst",
-        FileKind::Notices => "notices.json",
-        FileKind::Shard(_) | FileKind::Package(_) => return None,
-    })
+    match file {
+        FileKind::Notices => Some(NOTICES),
+        kind => SUBDIR_FILES.iter().find(|(k, _)| k == kind).map(|(_, name)| *name),
+    }
 }
+
+/// The kinds of file a subdir holds under one fixed name, and the names: one table for parsing and for building
+/// paths.
+static SUBDIR_FILES: [(FileKind, &str); 5] = [
+    (FileKind::RepodataJson, "repodata.json"),
+    (FileKind::RepodataZst, "repodata.json.zst"),
+    (FileKind::RepodataBz2, "repodata.json.bz2"),
+    (FileKind::CurrentRepodata, "current_repodata.json"),
+    (FileKind::ShardIndex, "repodata_shards.msgpack.zst"),
+];
+
+/// A channel's notices, at its root.
+const NOTICES: &str = "notices.json";
 
 const SHARD_DIR: &str = "shards/";
 const SHARD_SUFFIX: &str = ".msgpack.zst";
@@ -338,14 +346,10 @@ fn parse_shard_name(file: &str) -> Option<[u8; 32]> {
 }
 
 fn file_kind(file: &str) -> Option<FileKind> {
-    Some(match file {
-        "repodata.json" => FileKind::RepodataJson,
-        "repodata.json.zst" => FileKind::RepodataZst,
-        "repodata.json.bz2" => FileKind::RepodataBz2,
-        "current_repodata.json" => FileKind::CurrentRepodata,
-        "repodata_shards.msgpack.zst" => FileKind::ShardIndex,
-        other => FileKind::Package(PackageFile::parse(other)?),
-    })
+    match SUBDIR_FILES.iter().find(|(_, name)| *name == file) {
+        Some((kind, _)) => Some(kind.clone()),
+        None => PackageFile::parse(file).map(FileKind::Package),
+    }
 }
 
 /// The most segments a channel path has: `t/<TOKEN>/<channel>/label/<label>/<subdir>/shards/<file>`.
@@ -392,7 +396,7 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
         None
     };
     let (channel, mut rest) = rest.split_first().ok_or(RouteError::NotServed)?;
-    if rest.len() == 1 && rest[0] == "notices.json" {
+    if rest.len() == 1 && rest[0] == NOTICES {
         let path = ChannelPath { token, ..ChannelPath::new(channel, None, None, FileKind::Notices) };
         return Ok(Route::Channel(path));
     }
