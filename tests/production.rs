@@ -1363,11 +1363,16 @@ async fn read_response(s: &mut TcpStream, rest: &mut Vec<u8>) -> (String, Vec<u8
     (head, body)
 }
 
-/// The connection gauges from `/metrics`, read over a connection of its own that closes (so it is never parked).
-async fn parks(addr: SocketAddr) -> (f64, f64) {
+/// `/metrics`, read over a connection of its own that closes (so it is never parked).
+async fn metrics_text(addr: SocketAddr) -> String {
     let (status, raw) = raw_get(addr, b"/metrics", "").await;
     assert_eq!(status, Some(200));
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The connection gauges from `/metrics`, read over a connection of its own that closes (so it is never parked).
+async fn parks(addr: SocketAddr) -> (f64, f64) {
+    let text = metrics_text(addr).await;
     let parked = metric(&text, "condagate_connections_parked").expect("the parked gauge");
     let total = metric(&text, "condagate_connection_parks_total").expect("the parks counter");
     (parked, total)
@@ -1453,9 +1458,7 @@ async fn connections_are_spread_over_the_worker_threads_and_each_serves_its_own(
     for _ in 0..6 {
         open.push(connect_and_get_repodata(p.addr).await);
     }
-    let (status, raw) = raw_get(p.addr, b"/metrics", "").await;
-    assert_eq!(status, Some(200));
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    let text = metrics_text(p.addr).await;
     let per: Vec<f64> = (0..3)
         .map(|i| {
             let name = format!("condagate_worker_connections{{worker=\"{i}\"}}");
