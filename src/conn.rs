@@ -114,7 +114,6 @@ impl Drop for InFlight {
 }
 
 /// How connections are served: the builders and the idle limit.
-#[derive(Clone)]
 pub(crate) struct Protocols {
     /// HTTP/1.1, plaintext or TLS.
     pub http1: http1::Builder,
