@@ -7,8 +7,10 @@
 //! [/t/<TOKEN>]/<channel>/notices.json
 //! /api/…  /healthz  /readyz  /metrics
 //! ```
-//! Each segment is percent-decoded on its own and must then be valid UTF-8 without `/`, `\`, NUL or control
-//! characters, and must not be `.`, `..` or start with a dot; so no request can name a file outside its channel.
+//! Each segment is percent-decoded once, on its own. A segment of a channel path must then hold only the characters
+//! conda itself uses in channel, label, subdir and file names (`A-Z a-z 0-9 . _ - + !`), and must not be `.`, `..` or
+//! start with a dot: no `%` survives decoding, so no upstream that decodes again (a static mirror, an object store)
+//! can read a different name than the one that was checked, and no request can name a file outside its channel.
 //! Only the conda file kinds in [`FileKind`] are served: anything else is "not found".
 
 use std::borrow::Cow;
@@ -264,20 +266,22 @@ pub enum Route {
 }
 
 /// Byte classes of a path segment, as bit flags: `%`, bytes no segment may hold (`/`, `\`, ASCII control
-/// characters), and bytes beyond ASCII.
+/// characters), bytes beyond ASCII, and bytes outside conda's name grammar (every byte but `A-Z a-z 0-9 . _ - + !`).
 const PERCENT: u8 = 1;
 const BAD: u8 = 2;
 const NON_ASCII: u8 = 4;
+const NOT_CONDA: u8 = 8;
 
 static CLASS: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut b = 0;
     while b < 256 {
         table[b] = match b as u8 {
-            b'%' => PERCENT,
-            b'/' | b'\\' | 0..=0x1f | 0x7f => BAD,
-            0x80.. => NON_ASCII,
-            _ => 0,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'+' | b'!' => 0,
+            b'%' => PERCENT | NOT_CONDA,
+            b'/' | b'\\' | 0..=0x1f | 0x7f => BAD | NOT_CONDA,
+            0x80.. => NON_ASCII | NOT_CONDA,
+            _ => NOT_CONDA,
         };
         b += 1;
     }
@@ -289,8 +293,9 @@ fn classes(s: &str) -> u8 {
     s.bytes().fold(0, |flags, b| flags | CLASS[usize::from(b)])
 }
 
-/// Percent-decodes one segment and checks it can name nothing but itself. Borrows when nothing is encoded.
-fn decode_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
+/// Percent-decodes one segment and checks it can name nothing but itself; returns it with the byte classes of the
+/// decoded text. Borrows when nothing is encoded.
+fn decode_segment(raw: &str) -> Result<(Cow<'_, str>, u8), RouteError> {
     let flags = classes(raw);
     if flags & PERCENT == 0 {
         return check_segment(Cow::Borrowed(raw), flags);
@@ -315,7 +320,7 @@ fn decode_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
 }
 
 /// Checks a decoded segment whose byte classes are `flags`.
-fn check_segment(s: Cow<'_, str>, flags: u8) -> Result<Cow<'_, str>, RouteError> {
+fn check_segment(s: Cow<'_, str>, flags: u8) -> Result<(Cow<'_, str>, u8), RouteError> {
     // Characters are looked at only when there is something beyond ASCII, for the C1 control characters.
     let bad = flags & BAD != 0 || (flags & NON_ASCII != 0 && s.chars().any(char::is_control));
     if s == "." || s == ".." || bad {
@@ -324,7 +329,17 @@ fn check_segment(s: Cow<'_, str>, flags: u8) -> Result<Cow<'_, str>, RouteError>
     if s.is_empty() || s.starts_with('.') || s.len() > 255 {
         return Err(RouteError::NotServed);
     }
-    Ok(s)
+    Ok((s, flags))
+}
+
+/// Decodes a segment of a channel path: it must also keep to conda's name grammar once decoded, so that what goes
+/// upstream is exactly what was authorized, whatever the upstream decodes again.
+fn channel_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
+    let (seg, flags) = decode_segment(raw)?;
+    if flags & NOT_CONDA != 0 {
+        return Err(RouteError::BadPath);
+    }
+    Ok(seg)
 }
 
 fn valid_subdir(s: &str) -> bool {
@@ -356,22 +371,41 @@ fn file_kind(file: &str) -> Option<FileKind> {
 const MAX_SEGMENTS: usize = 8;
 
 /// Parses a request path (without the query) below `base_path` (`""` or `/prefix`).
+///
+/// Under a base path the token may also come first, before the base path (`/t/<TOKEN>/<base>/<channel>/…`): rattler's
+/// stored `CondaToken` credentials put it right after the host, as anaconda.org's URLs do.
 pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
-    let rest = path.strip_prefix(base_path).ok_or(RouteError::NotServed)?;
-    let rest = rest.strip_prefix('/').ok_or(RouteError::NotServed)?;
+    fn below<'p>(p: &'p str, base_path: &str) -> Option<&'p str> {
+        p.strip_prefix(base_path).and_then(|r| r.strip_prefix('/'))
+    }
+    let (lead_token, rest) = match below(path, base_path) {
+        Some(rest) => (None, rest),
+        None if !base_path.is_empty() => {
+            let after = path.strip_prefix("/t/").ok_or(RouteError::NotServed)?;
+            let (token, tail) = after.split_once('/').ok_or(RouteError::NotServed)?;
+            let rest =
+                below(&after[token.len()..], base_path).filter(|_| !tail.is_empty()).ok_or(RouteError::NotServed)?;
+            (Some(channel_segment(token)?), rest)
+        }
+        None => return Err(RouteError::NotServed),
+    };
     let mut raw = rest.split('/');
-    let first = decode_segment(raw.next().unwrap_or_default())?;
-    if first == "api" {
-        let segs = raw.map(|r| decode_segment(r).map(Cow::into_owned)).collect::<Result<_, _>>()?;
+    let first_raw = raw.next().unwrap_or_default();
+    if lead_token.is_some() && matches!(first_raw, "api" | "healthz" | "readyz" | "metrics" | "t") {
+        return Err(RouteError::NotServed);
+    }
+    if first_raw == "api" {
+        let segs = raw.map(|r| decode_segment(r).map(|(s, _)| s.into_owned())).collect::<Result<_, _>>()?;
         return Ok(Route::Api(segs));
     }
+    let first = channel_segment(first_raw)?;
     // Every segment is decoded and checked, however many there are, so a hostile path is refused as such; a channel
     // path never has more than `MAX_SEGMENTS`, so no more are kept.
     let mut kept: [Cow<'_, str>; MAX_SEGMENTS] = Default::default();
     kept[0] = first;
     let mut n = 1;
     for r in raw {
-        let seg = decode_segment(r)?;
+        let seg = channel_segment(r)?;
         if let Some(slot) = kept.get_mut(n) {
             *slot = seg;
         }
@@ -388,7 +422,9 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
         _ => {}
     }
     let mut rest = segs;
-    let token = if segs[0] == "t" {
+    let token = if let Some(t) = &lead_token {
+        Some(Token::digest_of(t))
+    } else if segs[0] == "t" {
         let t = rest.get(1).ok_or(RouteError::NotServed)?;
         rest = &rest[2..];
         Some(Token::digest_of(t))
@@ -416,6 +452,75 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
     Ok(Route::Channel(ChannelPath { token, ..ChannelPath::new(channel, label, Some(subdir), file) }))
 }
 
+/// The path as logs and spans show it, with every token replaced by `<redacted>`. It works on raw, unparsed paths, so
+/// even a refused request is logged without its token, and it finds tokens by what they are rather than where a
+/// well-formed path puts them:
+/// - the path is percent-decoded until nothing changes (at most a few rounds), so `%74`, `%2F` and double encodings
+///   cannot hide a `t` segment or a separator;
+/// - it is split at `/` and `\`; the first segment of substance (not empty, `.` or `..`) after any `t` or `T` segment
+///   is redacted, wherever it stands (`/t//<T>`, `/t/./<T>`, `/T/<T>`, a wrong base path, a repeated token);
+/// - any run shaped like a generated token (`cg-` and at least eight letters or digits) is redacted in any segment.
+///
+/// Bytes outside printable ASCII, and `%`, are written percent-encoded, so a log line cannot be broken or made to lie
+/// by what a client sends. Over-redacting a path that merely has a `t` segment is the safe mistake.
+pub fn redact_path(path: &str) -> String {
+    let mut bytes = path.as_bytes().to_vec();
+    for _ in 0..4 {
+        let decoded: Vec<u8> = percent_encoding::percent_decode(&bytes).collect();
+        if decoded == bytes {
+            break;
+        }
+        bytes = decoded;
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    let mut after_t = false;
+    let mut first = true;
+    for seg in bytes.split_inclusive(|&b| b == b'/' || b == b'\\') {
+        let (name, sep) = match seg.split_last() {
+            Some((&last, name)) if last == b'/' || last == b'\\' => (name, Some(last)),
+            _ => (seg, None),
+        };
+        let filler = name.is_empty() || name == b"." || name == b"..";
+        if after_t && !filler {
+            out.push_str("<redacted>");
+            after_t = false;
+        } else {
+            push_redacting_runs(&mut out, name);
+            if !filler {
+                after_t = !first && name.eq_ignore_ascii_case(b"t");
+            }
+        }
+        first = false;
+        if let Some(sep) = sep {
+            out.push(char::from(sep));
+        }
+    }
+    out
+}
+
+/// Appends `name`, escaped for a log line, with every `cg-` token-shaped run replaced by `<redacted>`.
+fn push_redacting_runs(out: &mut String, name: &[u8]) {
+    use std::fmt::Write;
+    let mut i = 0;
+    while i < name.len() {
+        if name[i..].len() >= 3 && name[i..i + 3].eq_ignore_ascii_case(crate::token::TOKEN_PREFIX.as_bytes()) {
+            let run = name[i + 3..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+            if run >= 8 {
+                out.push_str("<redacted>");
+                i += 3 + run;
+                continue;
+            }
+        }
+        let b = name[i];
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+        i += 1;
+    }
+}
+
 /// A request path that displays itself redacted (see [`redact_path`]).
 pub struct Redacted<'a>(pub &'a str);
 
@@ -423,28 +528,6 @@ impl std::fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&redact_path(self.0))
     }
-}
-
-/// The path with any `/t/<TOKEN>` segment replaced by `/t/<redacted>`, for logs and spans. Works on raw, unparsed
-/// paths, so even a refused request is logged without its token: the segment after *every* `t` segment is redacted,
-/// wherever it stands (a client configured with the wrong base path, a token repeated, `%74` that the router decodes
-/// to `t`), not only after `base_path`. Over-redacting a path that merely has a `t` segment is the safe mistake.
-pub fn redact_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len() + 8);
-    let mut redact_next = false;
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        if redact_next {
-            out.push_str("<redacted>");
-            redact_next = false;
-            continue;
-        }
-        out.push_str(seg);
-        redact_next = i > 0 && (seg == "t" || seg == "%74");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -515,20 +598,60 @@ mod tests {
     }
 
     #[test]
+    fn a_token_may_come_before_the_base_path() {
+        let c = match parse("/t/cg-abc/conda/c/label/dev/noarch/repodata.json", "/conda").unwrap() {
+            Route::Channel(c) => c,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(c.token, Some(Ok(Token::parse("cg-abc").unwrap().digest())));
+        assert_eq!((c.channel(), c.label(), c.upstream_path()), ("c", Some("dev"), "label/dev/noarch/repodata.json"));
+        for p in [
+            "/t/cg-abc/conda/t/cg-abc/c/noarch/repodata.json",
+            "/t/cg-abc/conda/api/authentications",
+            "/t/cg-abc/conda/healthz",
+            "/t/cg-abc/condax/c/noarch/repodata.json",
+            "/t/cg-abc/c/noarch/repodata.json",
+            "/t/cg-abc/conda",
+            "/t/cg-abc/conda/",
+        ] {
+            assert!(parse(p, "/conda").is_err(), "{p}");
+        }
+        assert_eq!(parse("/t/a%3F/conda/c/noarch/repodata.json", "/conda"), Err(RouteError::BadPath));
+    }
+
+    #[test]
     fn malformed_path_tokens_are_kept_as_malformed() {
         let c = chan("/t/a/c/noarch/repodata.json");
         assert_eq!(c.token, Some(Err(MalformedToken)));
     }
 
     #[test]
-    fn segments_beyond_ascii_are_checked_by_character() {
-        // U+0085 (NEL) is a C1 control character: refused, encoded or not; é is an ordinary one.
-        assert_eq!(parse("/c/noarch/a%c2%85-1-0.conda", ""), Err(RouteError::BadPath));
-        assert_eq!(parse("/c/noarch/a\u{85}-1-0.conda", ""), Err(RouteError::BadPath));
-        assert_eq!(chan("/c/noarch/caf%c3%a9-1-0.conda").file_name(), "caf\u{e9}-1-0.conda");
-        assert_eq!(chan("/c/noarch/caf\u{e9}-1-0.conda").file_name(), "caf\u{e9}-1-0.conda");
-        // A literal `%` once decoded is just a character.
-        assert_eq!(chan("/c/noarch/a%2525-1-0.conda").file_name(), "a%25-1-0.conda");
+    fn segments_keep_to_condas_name_grammar_once_decoded() {
+        // Encoded characters of the grammar are fine: a client may encode `+` or `!`.
+        assert_eq!(chan("/c/noarch/a%2Bb-1.0%21-0.conda").file_name(), "a+b-1.0!-0.conda");
+        assert_eq!(chan("/c/label/rc_1.x-2/linux-64/A_b.c-1-0.tar.bz2").label(), Some("rc_1.x-2"));
+        // Anything an upstream could decode again, or read as something else, is refused: a `%` that survives
+        // decoding (double encoding), query and fragment marks, separators, controls, anything beyond ASCII.
+        for p in [
+            "/c/noarch/a%2525-1-0.conda",
+            "/c/noarch/beta%252F..%252Fsecret-1.0-0.conda",
+            "/c/label/x%252F..%252F..%252Fother/noarch/repodata.json",
+            "/c/noarch/a%3Fx-1-0.conda",
+            "/c/noarch/a%23x-1-0.conda",
+            "/c/noarch/a;x-1-0.conda",
+            "/c/noarch/a%3Bx-1-0.conda",
+            "/c/noarch/a%20x-1-0.conda",
+            "/c/noarch/a~x-1-0.conda",
+            "/c/noarch/caf%c3%a9-1-0.conda",
+            "/c/noarch/caf\u{e9}-1-0.conda",
+            "/c/noarch/a%c2%85-1-0.conda",
+            "/c/noarch/a%c0%af-1-0.conda",
+            "/c/noarch/a%e0%80%af-1-0.conda",
+            "/t/a%2Fb/c/noarch/repodata.json",
+            "/c%3F/noarch/repodata.json",
+        ] {
+            assert_eq!(parse(p, ""), Err(RouteError::BadPath), "{p}");
+        }
     }
 
     #[test]
@@ -574,18 +697,45 @@ mod tests {
         assert_eq!(redact_path("/conda/t/cg-secret/c"), "/conda/t/<redacted>/c");
         assert_eq!(redact_path("/t/cg-secret"), "/t/<redacted>");
         assert_eq!(redact_path("/c/noarch/x"), "/c/noarch/x");
+        assert_eq!(redact_path("/c/noarch/cg-1.0-0.conda"), "/c/noarch/cg-1.0-0.conda");
     }
 
     #[test]
     fn redaction_finds_tokens_anywhere() {
-        assert_eq!(redact_path("/conda/t/cg-secret/c/noarch/x"), "/conda/t/<redacted>/c/noarch/x");
-        assert_eq!(redact_path("/t/cg-a/t/cg-b/c"), "/t/<redacted>/t/<redacted>/c");
-        assert_eq!(redact_path("/%74/cg-secret/c"), "/%74/<redacted>/c");
-        assert_eq!(redact_path("/api/t/cg-secret"), "/api/t/<redacted>");
-        assert_eq!(redact_path("/t/"), "/t/<redacted>");
+        let t = "cg-0123456789abcdefghijABCDEFG";
+        let cases = [
+            format!("/conda/t/{t}/c/noarch/x"),
+            format!("/t/{t}/t/{t}/c"),
+            format!("/%74/{t}/c"),
+            format!("/api/t/{t}"),
+            format!("/t//{t}/c"),
+            format!("/t/./{t}/c"),
+            format!("/t/../{t}/c"),
+            format!("/T/{t}/c"),
+            format!("/t%2F{t}/c"),
+            format!("/t%252F{t}/c"),
+            format!("/t\\{t}/c"),
+            format!("/x/{t}/c"),
+            format!("/x{t}y/c"),
+            format!("/x/%63%67-{}/c", &t[3..]),
+            "/t/imported-token-x/c".to_owned(),
+            "/%54/imported-token-x/c".to_owned(),
+        ];
+        for p in &cases {
+            let r = redact_path(p);
+            assert!(!r.contains(&t[3..]) && !r.contains("imported-token-x"), "{p} logged as {r}");
+            assert!(r.contains("<redacted>"), "{p} logged as {r}");
+        }
+        assert_eq!(redact_path("/t/"), "/t/");
         assert!(matches!(
-            parse("/%74/cg-secret/c/noarch/repodata.json", ""),
+            parse(&format!("/%74/{t}/c/noarch/repodata.json"), ""),
             Ok(Route::Channel(ChannelPath { token: Some(Ok(_)), .. }))
         ));
+    }
+
+    #[test]
+    fn logged_paths_cannot_break_a_line() {
+        assert_eq!(redact_path("/c/a%0Ab%20c\u{202e}"), "/c/a%0Ab%20c%E2%80%AE");
+        assert_eq!(redact_path("/c/100%25"), "/c/100%25");
     }
 }

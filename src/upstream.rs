@@ -158,7 +158,7 @@ impl Upstreams {
     ) -> Result<Response<hyper::body::Incoming>, Error> {
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{base}/{rel}"))
+            .uri(upstream_url(base, rel))
             .body(Empty::new())
             .map_err(|e| Error::Internal(format!("building the upstream request: {e}")))?;
         let h = req.headers_mut();
@@ -181,7 +181,7 @@ impl Upstreams {
                     cause = c.source();
                 }
                 let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
-                Err(Error::Upstream(format!("{base}/{rel}: {why}")))
+                Err(Error::Upstream(format!("{}: {why}", shown_url(base, rel))))
             }
             Ok(Ok(resp)) => Ok(resp),
         }
@@ -213,7 +213,7 @@ impl Upstreams {
                     .unwrap_or(0);
                 return Err(Error::RangeNotSatisfiable { size });
             }
-            other => return Err(Error::Upstream(format!("{base}/{rel}: status {other}"))),
+            other => return Err(Error::Upstream(format!("{}: status {other}", shown_url(base, rel)))),
         }
         let (parts, incoming) = resp.into_parts();
         let mut out = Response::new(if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
@@ -297,7 +297,7 @@ impl Upstreams {
                     StatusCode::NOT_MODIFIED if held.is_some() => return Ok(Refetch::Unchanged),
                     StatusCode::OK => {}
                     StatusCode::NOT_FOUND | StatusCode::GONE => return Err(Error::NotFound),
-                    other => return Err(Error::Upstream(format!("{base}/{rel}: status {other}"))),
+                    other => return Err(Error::Upstream(format!("{}: status {other}", shown_url(base, rel)))),
                 }
                 let h = resp.headers();
                 let max_age = h
@@ -314,13 +314,53 @@ impl Upstreams {
                     .map(str::to_owned)
                     .unwrap_or_default();
                 let limited = http_body_util::Limited::new(resp.into_body(), MAX_DOCUMENT as usize);
-                let bytes =
-                    limited.collect().await.map_err(|e| Error::Upstream(format!("{base}/{rel}: {e}")))?.to_bytes();
+                let bytes = limited
+                    .collect()
+                    .await
+                    .map_err(|e| Error::Upstream(format!("{}: {e}", shown_url(base, rel))))?
+                    .to_bytes();
                 // Without a validator the document is identified by its content.
                 let validator = if validator.is_empty() { content_validator(&bytes) } else { validator };
                 Ok(Refetch::Changed(Document { bytes, validator, modified, max_age, stamp: None }))
             }
         }
+    }
+}
+
+/// Bytes that go into an upstream URL as themselves: RFC 3986's unreserved characters. Everything else is
+/// percent-encoded, segment by segment.
+const KEEP: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The URL of `rel` (a `/`-separated path the router checked) below the channel root `base`. Each segment is
+/// encoded again, so that the upstream reads the very names that were authorized: a mirror that decodes the path
+/// (as static servers do) gets back exactly the checked segment, never a `/`, `?`, `#` or `..` of its own making.
+/// The router already keeps segments to conda's grammar; this is the second wall.
+pub fn upstream_url(base: &str, rel: &str) -> String {
+    let mut url = String::with_capacity(base.len() + rel.len() + 8);
+    url.push_str(base);
+    url.push('/');
+    for (i, seg) in rel.split('/').enumerate() {
+        if i > 0 {
+            url.push('/');
+        }
+        url.extend(percent_encoding::utf8_percent_encode(seg, KEEP));
+    }
+    url
+}
+
+/// The URL of `rel` below `base` as errors and logs show it: any `user:password@` of the base is redacted.
+pub fn shown_url(base: &str, rel: &str) -> String {
+    format!("{}/{rel}", redact_userinfo(base))
+}
+
+/// `url` with the user information of its authority (`user:password@`) replaced by `<redacted>@`.
+pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.into() };
+    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..scheme_end], &url[scheme_end + at..]).into(),
+        None => url.into(),
     }
 }
 
@@ -428,4 +468,28 @@ async fn serve_file(path: &Path, method: &Method, headers: &HeaderMap) -> Result
         .map_err(|e| -> BoxError { Box::new(e) });
     *resp.body_mut() = Body::stream(StreamBody::new(stream));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_segment_is_encoded_again() {
+        assert_eq!(upstream_url("http://m/c", "noarch/a+b-1!0-0.conda"), "http://m/c/noarch/a%2Bb-1%210-0.conda");
+        assert_eq!(
+            upstream_url("http://m/c", "label/x%2F..%2F/noarch/repodata.json"),
+            "http://m/c/label/x%252F..%252F/noarch/repodata.json"
+        );
+        assert_eq!(upstream_url("http://m/c", "a?b#c;d\\e"), "http://m/c/a%3Fb%23c%3Bd%5Ce");
+        assert_eq!(upstream_url("http://m/c", ""), "http://m/c/");
+    }
+
+    #[test]
+    fn user_information_is_never_shown() {
+        assert_eq!(shown_url("http://u:p@m:8/c", "x"), "http://<redacted>@m:8/c/x");
+        assert_eq!(shown_url("https://m/c@d", "x"), "https://m/c@d/x");
+        assert_eq!(redact_userinfo("http://a@b@m/"), "http://<redacted>@m/");
+        assert_eq!(redact_userinfo("m"), "m");
+    }
 }

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod mirrors;
 pub mod venv;
 
 use std::collections::HashMap;

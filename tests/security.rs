@@ -1,0 +1,116 @@
+//! Security findings, each tried as an attacker would, against real servers on loopback: encoded paths through real
+//! static mirrors, what health endpoints show, what anonymous callers can learn, the throttle, bounded upstream
+//! documents, redaction and admin credentials.
+
+mod support;
+
+use std::path::Path;
+
+use condagate::config::Config;
+use support::mirrors::{self, Mirror};
+use support::{demo_config_text, get, Demo, Proxy};
+
+fn config_for(demo: &Demo, upstream: &str, server_extra: &str) -> Config {
+    Config::from_toml_str(&demo_config_text(upstream, server_extra), demo.path()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every way we could think of to smuggle a separator, a `..`, a query or a fragment past a once-decoding check.
+fn encodings_of_slash() -> Vec<&'static str> {
+    vec![
+        "%252F",
+        "%252f",
+        "%25252F",
+        "%2525252F",
+        "%255C",
+        "%255c",
+        "%25255C",
+        "%2F",
+        "%2f",
+        "%5C",
+        "%5c",
+        "%C0%AF",
+        "%c0%af",
+        "%E0%80%AF",
+        "%25C0%25AF",
+        "%C1%9C",
+        "%u2215",
+        "%EF%BC%8F",
+        "%E2%88%95",
+    ]
+}
+
+fn encodings_of_dots() -> Vec<&'static str> {
+    vec!["..", "%2e%2e", "%2E%2E", "%252e%252e", "%25252e%25252e", ".%2e", "%2e.", "%C0%AE%C0%AE", "%252E."]
+}
+
+/// Paths that, decoded twice, would name the hidden package or the private channel's whole repodata.
+fn attacks(bob: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in encodings_of_slash() {
+        for d in encodings_of_dots() {
+            // A group allows `beta*`: a name that starts with `beta` and climbs to the hidden package.
+            out.push(format!("/t/{bob}/mychan/noarch/beta{s}{d}{s}secretpkg-1.0-0.conda"));
+            // A public channel's label that climbs into the private channel.
+            out.push(format!("/pubchan/label/x{s}{d}{s}{d}{s}{d}{s}mychan/noarch/repodata.json"));
+            out.push(format!("/pubchan/label/x{s}{d}{s}{d}{s}{d}{s}mychan/noarch/secretpkg-1.0-0.conda"));
+            out.push(format!("/pubchan/x{s}{d}{s}{d}{s}mychan/noarch/repodata.json"));
+            out.push(format!("/t/{bob}/mychan/label/x{s}{d}{s}{d}/noarch/secretpkg-1.0-0.conda"));
+        }
+    }
+    for mark in ["%3F", "%3f", "%253F", "%23", "%2523", ";", "%3B", "%253B", "%00", "%2500", "%0A", "%20"] {
+        out.push(format!("/t/{bob}/mychan/noarch/beta{mark}-1.0-0.tar.bz2"));
+        out.push(format!("/t/{bob}/mychan/noarch/beta-1.0-0.tar.bz2{mark}/../secretpkg-1.0-0.conda"));
+        out.push(format!("/pubchan/label/dev{mark}/../../mychan/noarch/repodata.json"));
+        out.push(format!("/pubchan/noarch/hello{mark}x-1.0-0.tar.bz2"));
+    }
+    out
+}
+
+async fn assert_mirror_is_not_fooled(mirror: &Mirror, demo: &Demo, bob: &str, secret: &[u8]) {
+    // The mirror itself decodes again and resolves `..`: the very thing that makes forwarding decoded text a hole.
+    let direct =
+        get(&format!("{}/pubchan/label/x%2F..%2F..%2F..%2Fmychan/noarch/secretpkg-1.0-0.conda", mirror.url), &[]).await;
+    assert_eq!(direct.status, 200, "{}: the mirror no longer decodes %2F; this test would prove nothing", mirror.kind);
+    assert_eq!(&direct.body[..], secret);
+
+    let p = Proxy::start(config_for(demo, &format!("[upstream]\nurl = \"{}\"", mirror.url), "")).await;
+    // What is allowed still works through this mirror.
+    let ok = get(&p.url("/pubchan/noarch/repodata.json"), &[]).await;
+    assert_eq!(ok.status, 200, "{}: {}", mirror.kind, ok.text());
+    let ok = get(&p.url(&format!("/t/{bob}/mychan/noarch/beta-1.0-0.tar.bz2")), &[]).await;
+    assert_eq!(ok.status, 200, "{}: {}", mirror.kind, ok.text());
+    let hidden = get(&p.url(&format!("/t/{bob}/mychan/noarch/secretpkg-1.0-0.conda")), &[]).await;
+    assert!(hidden.status == 403 || hidden.status == 404, "{}: {}", mirror.kind, hidden.status);
+
+    let bearer = format!("Bearer {bob}");
+    let all = attacks(bob);
+    for path in &all {
+        for headers in [&[][..], &[("authorization", bearer.as_str())][..]] {
+            let path = if headers.is_empty() { path.clone() } else { path.replacen(&format!("/t/{bob}"), "", 1) };
+            let g = get(&p.url(&path), headers).await;
+            let body = &g.body[..];
+            assert!(
+                !body.windows(b"secretpkg".len()).any(|w| w == b"secretpkg") && body != secret,
+                "{}: {path} leaked hidden bytes (status {})",
+                mirror.kind,
+                g.status
+            );
+            assert_eq!(g.status, 400, "{}: {path}: {}", mirror.kind, g.text());
+            assert_eq!(g.header("content-type"), Some("application/problem+json"), "{path}");
+        }
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn encoded_paths_never_escape_the_channel_through_real_static_mirrors() {
+    let demo = Demo::new();
+    let bob = demo.token("bob-dl", "bob", "conda:download");
+    let root = demo.path().join("channels");
+    let secret = std::fs::read(root.join("mychan/noarch/secretpkg-1.0-0.conda")).unwrap();
+    type Start = fn(&Path) -> Option<Mirror>;
+    for start in [mirrors::nginx as Start, mirrors::python_http_server as Start] {
+        let Some(mirror) = start(&root) else { continue };
+        assert_mirror_is_not_fooled(&mirror, &demo, &bob, &secret).await;
+    }
+}
