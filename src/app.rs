@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::health::UpstreamHealth;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::store::{self, TokenTable};
@@ -40,7 +41,32 @@ impl Snapshot {
     }
 }
 
+/// What the writers of the serving state keep between updates, under one lock: the generations being served, the
+/// failures still standing, and the tokens file's stamp.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadStatus {
+    /// How many configurations have been put in force (1 = the one started with).
+    pub config_generation: u64,
+    /// How many token tables have been put in force (1 = the one started with).
+    pub tokens_generation: u64,
+    /// Why the last configuration reload was refused; cleared only by a configuration reload that succeeds.
+    pub config_error: Option<String>,
+    /// Why the last tokens reload was refused; cleared by the next tokens reload that succeeds.
+    pub tokens_error: Option<String>,
+    /// Why the last certificate reload was refused; cleared by the next one that succeeds.
+    pub tls_error: Option<String>,
+    tokens_stamp: Option<FileStamp>,
+}
+
+/// A pause between reading a tokens file and putting it in force, for tests that need an update to be slow.
+type Hook = Arc<dyn Fn() + Send + Sync>;
+
 /// Everything a running server shares between connections.
+///
+/// Every update of the serving state (a configuration reload, a tokens reload, an admin API write) holds one lock,
+/// `updates`, from reading the current snapshot to storing the next: updates are serialized, each builds on the state
+/// the previous one stored, and only the part that changed is rebuilt. None can undo another. Readers never take
+/// the lock.
 pub struct App {
     snapshot: ArcSwap<Snapshot>,
     /// The upstream client.
@@ -53,9 +79,10 @@ pub struct App {
     pub throttle: Throttle,
     /// The TLS certificate in use, when TLS is on.
     pub tls: Option<Arc<CertStore>>,
-    reload_error: Mutex<Option<String>>,
-    /// The tokens file's stamp at the last (re)load, to notice changes with one `stat`.
-    tokens_stamp: Mutex<Option<FileStamp>>,
+    /// What is known of each channel's upstream.
+    pub health: Arc<UpstreamHealth>,
+    updates: Mutex<ReloadStatus>,
+    tokens_read_hook: Mutex<Option<Hook>>,
 }
 
 impl App {
@@ -73,6 +100,7 @@ impl App {
         };
         let policy = Arc::new(Policy::new(&config));
         let snapshot = Snapshot::new(Arc::new(config), policy, Arc::new(tokens));
+        let status = ReloadStatus { config_generation: 1, tokens_generation: 1, tokens_stamp, ..Default::default() };
         Ok(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             upstreams,
@@ -80,8 +108,9 @@ impl App {
             metrics: Metrics::default(),
             throttle,
             tls,
-            reload_error: Mutex::new(None),
-            tokens_stamp: Mutex::new(tokens_stamp),
+            health: Arc::default(),
+            updates: Mutex::new(status),
+            tokens_read_hook: Mutex::new(None),
         })
     }
 
@@ -96,77 +125,132 @@ impl App {
         self.snapshot.load()
     }
 
-    /// The last reload's failure, if the last reload failed.
-    pub fn reload_error(&self) -> Option<String> {
-        self.reload_error.lock().map(|e| e.clone()).unwrap_or(None)
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReloadStatus> {
+        // A panic while holding the lock left the status as it was before that update: still consistent.
+        self.updates.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn record(&self, result: Result<(), String>) -> Result<(), String> {
-        if let Ok(mut e) = self.reload_error.lock() {
-            *e = result.as_ref().err().cloned();
+    /// The generations served and the failures still standing.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.lock().clone()
+    }
+
+    /// The standing reload failures, configuration first, or `None` when every part last loaded fine.
+    pub fn reload_error(&self) -> Option<String> {
+        let s = self.lock();
+        let all: Vec<&str> =
+            [&s.config_error, &s.tokens_error, &s.tls_error].into_iter().filter_map(|e| e.as_deref()).collect();
+        (!all.is_empty()).then(|| all.join("; "))
+    }
+
+    /// Test support: `hook` runs in every tokens reload after the file is read and before it is put in force.
+    #[doc(hidden)]
+    pub fn set_tokens_read_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.tokens_read_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(hook));
+    }
+
+    fn after_tokens_read(&self) {
+        let hook = self.tokens_read_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(h) = hook {
+            h();
         }
-        match &result {
-            Ok(()) => tracing::info!("reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused; the previous state keeps serving")
-            }
-        }
-        result
     }
 
     /// Re-reads the tokens file if it changed since the last look. Returns whether it reloaded.
     pub fn reload_tokens_if_changed(&self) -> Result<bool, String> {
-        let snap = self.snapshot();
-        let now = FileStamp::read(&snap.config.tokens_file);
-        {
-            let held = self.tokens_stamp.lock().map_err(|_| "poisoned lock".to_owned())?;
-            if *held == now {
-                return Ok(false);
-            }
+        let mut status = self.lock();
+        let now = FileStamp::read(&self.current().config.tokens_file);
+        if status.tokens_stamp == now {
+            return Ok(false);
         }
-        self.reload_tokens().map(|()| true)
+        self.reload_tokens_locked(&mut status).map(|()| true)
     }
 
     /// Re-reads the tokens file; on failure the old tokens stay in force.
     pub fn reload_tokens(&self) -> Result<(), String> {
+        let mut status = self.lock();
+        self.reload_tokens_locked(&mut status)
+    }
+
+    fn reload_tokens_locked(&self, status: &mut ReloadStatus) -> Result<(), String> {
         let snap = self.snapshot();
         let path = &snap.config.tokens_file;
-        let now = FileStamp::read(path);
-        let result = store::load(path).map_err(|e| e.to_string()).map(|records| {
-            self.snapshot.store(Arc::new(Snapshot::new(
-                Arc::clone(&snap.config),
-                Arc::clone(&snap.policy),
-                Arc::new(TokenTable::new(records)),
-            )));
-        });
-        if let Ok(mut s) = self.tokens_stamp.lock() {
-            // Remember the stamp even on failure, so a broken file is reported once, not every poll.
-            *s = now;
+        // Remember the stamp even on failure, so a broken file is reported once, not every poll.
+        status.tokens_stamp = FileStamp::read(path);
+        let loaded = store::load(path).map_err(|e| e.to_string());
+        self.after_tokens_read();
+        match loaded {
+            Ok(records) => {
+                let next = Snapshot::new(
+                    Arc::clone(&snap.config),
+                    Arc::clone(&snap.policy),
+                    Arc::new(TokenTable::new(records)),
+                );
+                self.snapshot.store(Arc::new(next));
+                status.tokens_generation += 1;
+                status.tokens_error = None;
+                tracing::info!(tokens_generation = status.tokens_generation, "tokens reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tokens reload refused; the previous tokens stay in force");
+                status.tokens_error = Some(e.clone());
+                Err(e)
+            }
         }
-        self.record(result)
     }
 
     /// Re-reads the configuration file (when the server was started from one) and the tokens file. The listen
-    /// address, upstream timeouts and cache size are fixed at start; everything else takes effect at once.
+    /// address, upstream timeouts and cache size are fixed at start; everything else takes effect at once. A
+    /// configuration that fails its checks is refused whole and reported until one passes; a tokens file that fails
+    /// keeps the previous tokens in force beside the new configuration, and is reported on its own.
     pub fn reload_all(&self) -> Result<(), String> {
+        let mut status = self.lock();
         let snap = self.snapshot();
         let tls = self.tls.as_ref().map_or(Ok(()), |t| t.reload());
+        status.tls_error = tls.as_ref().err().cloned();
+        if let Err(e) = &tls {
+            tracing::error!(error = %e, "certificate reload refused; the previous certificate keeps serving");
+        }
         let Some(path) = snap.config.path.clone() else {
-            return self.reload_tokens().and(tls);
+            return self.reload_tokens_locked(&mut status).and(tls);
         };
-        let result = Config::load(&path).map_err(|e| e.to_string().trim_end().to_owned()).and_then(|config| {
-            let now = FileStamp::read(&config.tokens_file);
-            let records = store::load(&config.tokens_file).map_err(|e| e.to_string())?;
-            if config.server.listen != snap.config.server.listen {
-                tracing::warn!("server.listen changed; the new address takes effect after a restart");
+        let config = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = e.problems.join("; ");
+                tracing::error!(error = %why, file = %path.display(), "configuration reload refused; the previous one keeps serving");
+                status.config_error = Some(why.clone());
+                return Err(why);
             }
-            let policy = Arc::new(Policy::new(&config));
-            self.snapshot.store(Arc::new(Snapshot::new(Arc::new(config), policy, Arc::new(TokenTable::new(records)))));
-            if let Ok(mut s) = self.tokens_stamp.lock() {
-                *s = now;
+        };
+        if config.server.listen != snap.config.server.listen {
+            tracing::warn!("server.listen changed; the new address takes effect after a restart");
+        }
+        status.tokens_stamp = FileStamp::read(&config.tokens_file);
+        let tokens = match store::load(&config.tokens_file) {
+            Ok(records) => {
+                status.tokens_generation += 1;
+                status.tokens_error = None;
+                Ok(Arc::new(TokenTable::new(records)))
             }
-            Ok(())
-        });
-        self.record(result.and(tls))
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(error = %why, "tokens reload refused; the previous tokens stay in force");
+                status.tokens_error = Some(why.clone());
+                Err(why)
+            }
+        };
+        let table = tokens.as_ref().map_or_else(|_| Arc::clone(&snap.tokens), Arc::clone);
+        let policy = Arc::new(Policy::new(&config));
+        self.snapshot.store(Arc::new(Snapshot::new(Arc::new(config), policy, table)));
+        status.config_generation += 1;
+        status.config_error = None;
+        tracing::info!(
+            config_generation = status.config_generation,
+            tokens_generation = status.tokens_generation,
+            "configuration reloaded"
+        );
+        tokens.map(|_| ()).and(tls)
     }
 }

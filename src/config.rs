@@ -103,6 +103,8 @@ struct RawUpstream {
     connect_timeout: Option<String>,
     timeout: Option<String>,
     recheck: Option<String>,
+    probe_interval: Option<String>,
+    max_document: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,6 +372,10 @@ pub struct Config {
     /// How long a repodata document read from the upstream is used before the upstream is asked again (a `stat`
     /// for a local folder, a conditional GET for a mirror that sends no `max-age`).
     pub upstream_recheck: Duration,
+    /// How often each channel's upstream is probed in the background (health only; requests never wait for it).
+    pub upstream_probe_interval: Duration,
+    /// The largest repodata document or shard index read from an upstream to filter; a larger one is refused (502).
+    pub upstream_max_document: u64,
     /// Bytes of filtered repodata views kept in memory.
     pub cache_max_bytes: u64,
     /// Log line format.
@@ -398,8 +404,13 @@ impl Config {
 
     /// Checks a configuration given as text; relative paths are resolved against `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigErrors { source: None, problems: vec![e.to_string().trim_end().to_owned()] })?;
+        // The parser's own message and where, never its snippet of the line: the line may hold a secret (an
+        // upstream credential), and the message is shown in logs and to health checks.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| line_col(text, s.start));
+            let at = at.map(|(l, c)| format!("line {l}, column {c}: ")).unwrap_or_default();
+            ConfigErrors { source: None, problems: vec![format!("{at}{}", e.message().trim_end())] }
+        })?;
         let mut p = Problems::default();
         let cfg = check(raw, base_dir, &mut p);
         if p.0.is_empty() {
@@ -412,6 +423,57 @@ impl Config {
     /// The channel called `name`.
     pub fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+/// `url` with the user information of its authority (`user:password@`) replaced by `<redacted>@`.
+pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.into() };
+    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..scheme_end], &url[scheme_end + at..]).into(),
+        None => url.into(),
+    }
+}
+
+/// Line and column (from 1) of byte `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Default `upstream.max_document`: conda-forge's largest subdir (linux-64, about 250 MB of JSON in 2026) fits four
+/// times over.
+pub const DEFAULT_MAX_DOCUMENT: u64 = 1 << 30;
+
+/// A size: a number of bytes, or a string of digits with an optional unit (`B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`,
+/// `GB`).
+fn size(v: &toml::Value) -> Option<u64> {
+    match v {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+            let n: u64 = s[..digits].parse().ok()?;
+            let unit: u64 = match s[digits..].trim() {
+                "" | "B" => 1,
+                "KiB" => 1 << 10,
+                "MiB" => 1 << 20,
+                "GiB" => 1 << 30,
+                "KB" => 1_000,
+                "MB" => 1_000_000,
+                "GB" => 1_000_000_000,
+                _ => return None,
+            };
+            n.checked_mul(unit)
+        }
+        _ => None,
     }
 }
 
@@ -482,7 +544,8 @@ fn source(p: &mut Problems, key: &str, raw: &RawUpstream, base_dir: &Path, chann
                 matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none()
             });
             if ok.is_none() {
-                p.add(format!("{key}.url"), format!("{url:?} is not an http:// or https:// URL without a query"));
+                let shown = redact_userinfo(url);
+                p.add(format!("{key}.url"), format!("{shown:?} is not an http:// or https:// URL without a query"));
                 return None;
             }
             let base = match channel {
@@ -611,6 +674,19 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
 
     let upstream_recheck =
         duration(p, "upstream.recheck", raw.upstream.as_ref().and_then(|u| u.recheck.as_ref()), Duration::from_secs(1));
+    let up = raw.upstream.as_ref();
+    let upstream_probe_interval =
+        duration(p, "upstream.probe_interval", up.and_then(|u| u.probe_interval.as_ref()), Duration::from_secs(30));
+    if upstream_probe_interval.is_zero() {
+        p.add("upstream.probe_interval", "must be longer than zero, like \"30s\"");
+    }
+    let upstream_max_document = match up.and_then(|u| u.max_document.as_ref()) {
+        None => DEFAULT_MAX_DOCUMENT,
+        Some(v) => size(v).filter(|n| *n > 0).unwrap_or_else(|| {
+            p.add("upstream.max_document", format!("{v} is not a size like \"1GiB\", \"512MiB\" or a number of bytes"));
+            DEFAULT_MAX_DOCUMENT
+        }),
+    };
     let cache_max_bytes = match raw.cache.max_bytes {
         None => 256 << 20,
         Some(n) if n >= 0 => n as u64,
@@ -700,6 +776,8 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
         tokens_watch_interval,
         upstream_timeouts,
         upstream_recheck,
+        upstream_probe_interval,
+        upstream_max_document,
         cache_max_bytes,
         log_format,
         channels,

@@ -29,6 +29,7 @@ mod conn;
 pub mod error;
 pub mod filter;
 pub mod groups;
+pub mod health;
 mod lanes;
 pub mod lifecycle;
 pub mod metrics;

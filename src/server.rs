@@ -194,6 +194,31 @@ pub fn check_token<'s>(
     })
 }
 
+/// Whether the request carries a valid token with the `api:read` scope (or one that covers it). A bad token counts
+/// against the client in the throttle, as anywhere else.
+fn may_see_details(
+    app: &App,
+    snap: &Snapshot,
+    req: &Request<Incoming>,
+    client: IpAddr,
+    now: Instant,
+    out: &mut Outcome,
+) -> bool {
+    let Ok(Some(token)) = header_token(req.headers()) else { return false };
+    check_token(app, snap, &token.digest(), client, now, &mut out.token)
+        .is_ok_and(|r| r.can_api(crate::token::Scope::ApiRead))
+}
+
+/// `condagate_upstream_up{channel}`: 1 or 0 for each configured channel whose upstream state is known. Labels are
+/// bounded by the configuration.
+fn upstream_metrics(body: &mut String, app: &App, snap: &Snapshot) {
+    use std::fmt::Write;
+    let _ = writeln!(body, "# TYPE condagate_upstream_up gauge");
+    for (name, s) in app.health.states(&snap.config) {
+        let _ = writeln!(body, "condagate_upstream_up{{channel=\"{name}\"}} {}", u8::from(s.up));
+    }
+}
+
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
@@ -227,28 +252,46 @@ async fn dispatch(
             result
         }
         Route::Health => {
-            let (status, body) = match app.reload_error() {
-                None => (StatusCode::OK, serde_json::json!({"status": "ok"})),
-                Some(e) => (StatusCode::OK, serde_json::json!({"status": "degraded", "last_reload_error": e})),
-            };
-            Ok(text(status, "application/json", body.to_string()))
+            let status = app.reload_status();
+            let down = app.health.down(&snap.config);
+            let healthy = app.reload_error().is_none() && down == 0;
+            let mut body = serde_json::json!({
+                "status": if healthy { "ok" } else { "degraded" },
+                "config_generation": status.config_generation,
+                "tokens_generation": status.tokens_generation,
+            });
+            // What failed, and where, only for a token that may read the admin API: errors name files and keys,
+            // and the upstream states name channels an anonymous caller may not know of.
+            if may_see_details(app, snap, &req, peer.ip(), now, out) {
+                let upstreams: serde_json::Map<String, serde_json::Value> = app
+                    .health
+                    .states(&snap.config)
+                    .into_iter()
+                    .map(|(name, s)| {
+                        let at =
+                            time::OffsetDateTime::from(s.at).format(&time::format_description::well_known::Rfc3339);
+                        (name, serde_json::json!({"up": s.up, "error": s.error, "since": at.ok()}))
+                    })
+                    .collect();
+                body["config_error"] = status.config_error.into();
+                body["tokens_error"] = status.tokens_error.into();
+                body["tls_error"] = status.tls_error.into();
+                body["upstreams"] = upstreams.into();
+            } else if down > 0 {
+                body["upstreams_down"] = down.into();
+            }
+            Ok(text(StatusCode::OK, "application/json", body.to_string()))
         }
         Route::Ready => {
-            let mut problems = Vec::new();
-            if let Some(e) = app.reload_error() {
-                problems.push(format!("last reload failed: {e}"));
-            }
-            for c in &snap.config.channels {
-                if let Err(e) = Box::pin(app.upstreams.probe(&c.source)).await {
-                    problems.push(format!("channel {}: upstream unreachable: {e}", c.name));
-                }
-            }
-            let (status, body) = if problems.is_empty() {
-                (StatusCode::OK, serde_json::json!({"status": "ready"}))
+            // Ready while this process serves a valid configuration, which it always does once started (a refused
+            // reload keeps the previous one in force): a dead upstream of one channel must not take every replica
+            // out of a load balancer for every channel. Not ready once shutdown has begun.
+            let (status, word) = if app.health.is_draining() {
+                (StatusCode::SERVICE_UNAVAILABLE, "draining")
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "problems": problems}))
+                (StatusCode::OK, "ready")
             };
-            Ok(text(status, "application/json", body.to_string()))
+            Ok(text(status, "application/json", serde_json::json!({"status": word}).to_string()))
         }
         Route::Metrics => {
             let body = app.metrics.render(
@@ -257,6 +300,8 @@ async fn dispatch(
                 app.views.bytes(),
                 app.throttle.blocked_count(now),
             );
+            let mut body = body;
+            upstream_metrics(&mut body, app, snap);
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
         Route::Api(segments) => {
@@ -288,6 +333,13 @@ pub async fn handle(
     } else {
         dispatch(app, &snap, req, peer, started, &mut out).instrument(span.clone()).await
     };
+    if let Some(path) = &out.path {
+        match &result {
+            Err(e) if e.blame() == Blame::Upstream => app.health.record(path.channel(), Err(e.to_string())),
+            Ok(_) if out.upstream_status.is_some() => app.health.record(path.channel(), Ok(())),
+            _ => {}
+        }
+    }
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -444,6 +496,7 @@ impl Server {
         let app = self.app;
         let cfg = app.snapshot().config.clone();
         let watcher = tokio::spawn(watch_tokens(Arc::clone(&app), cfg.tokens_watch_interval));
+        let prober = tokio::spawn(crate::health::probe_loop(Arc::clone(&app), cfg.upstream_probe_interval));
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256);
         let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -512,8 +565,10 @@ impl Server {
                 drop(permit);
             });
         }
+        app.health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(listener);
         watcher.abort();
+        prober.abort();
         tracing::info!("draining connections");
         let _ = stop_tx.send(true);
         // Every live connection holds a slot: when all slots are free again, every connection has closed.

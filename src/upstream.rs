@@ -30,7 +30,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::body::{empty, Body, BoxError};
 use crate::conditional::{self, RangeAsk};
-use crate::config::{Source, UpstreamTimeouts};
+use crate::config::{redact_userinfo, Source, UpstreamTimeouts};
 use crate::error::Error;
 
 /// Chunk size for reading local files: large enough that a 24 MB package is ~100 reads.
@@ -352,16 +352,6 @@ pub fn upstream_url(base: &str, rel: &str) -> String {
 /// The URL of `rel` below `base` as errors and logs show it: any `user:password@` of the base is redacted.
 pub fn shown_url(base: &str, rel: &str) -> String {
     format!("{}/{rel}", redact_userinfo(base))
-}
-
-/// `url` with the user information of its authority (`user:password@`) replaced by `<redacted>@`.
-pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.into() };
-    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
-    match url[scheme_end..authority_end].rfind('@') {
-        Some(at) => format!("{}<redacted>{}", &url[..scheme_end], &url[scheme_end + at..]).into(),
-        None => url.into(),
-    }
 }
 
 /// A body that fails when no frame arrives for `limit`.

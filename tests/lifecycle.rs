@@ -500,17 +500,32 @@ async fn health(p: &Proxy) -> Value {
     get(&p.url("/healthz"), &[]).await.json()
 }
 
-/// Polls `/healthz` at `url` until it reports a failed reload; gives its answer.
-async fn until_degraded(url: &str, what: &str) -> Value {
+/// Polls `/healthz` at `url` until it reports a failed reload; gives its detailed answer, as a token with `api:read`
+/// (`admin`) sees it. Anonymous callers see the status and the generations only.
+async fn until_degraded(url: &str, admin: &str, what: &str) -> Value {
+    let auth = format!("Bearer {admin}");
     let (h, _) = poll!(what, {
-        let h = get(url, &[]).await.json();
+        let h = get(url, &[("authorization", &auth)]).await.json();
         if h["status"] == "degraded" {
             Ok(h)
         } else {
             Err(h.to_string())
         }
     });
+    let anonymous = get(url, &[]).await.json();
+    assert_eq!(anonymous["status"], "degraded");
+    let keys: Vec<&String> = anonymous.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["config_generation", "status", "tokens_generation"],
+        "anonymous /healthz shows more: {anonymous}"
+    );
     h
+}
+
+/// `/healthz` as a token with `api:read` sees it.
+async fn details(p: &Proxy, admin: &str) -> Value {
+    get(&p.url("/healthz"), &[("authorization", &format!("Bearer {admin}"))]).await.json()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,6 +533,7 @@ async fn live_a_corrupt_tokens_file_keeps_the_old_tokens_and_shows_in_healthz() 
     let demo = Demo::new();
     let cfg = demo.config_path();
     let t = create(&cfg, "steady", "bob", "conda:download", &[]);
+    let admin = create(&cfg, "ops", "alice", "api:read", &[]);
     let file = tokens_file(&demo);
     let good = std::fs::read_to_string(&file).unwrap();
     let p = Proxy::start(demo.config()).await;
@@ -527,20 +543,22 @@ async fn live_a_corrupt_tokens_file_keeps_the_old_tokens_and_shows_in_healthz() 
 
     // Not TOML at all.
     std::fs::write(&file, "[[token]\nname = \n").unwrap();
-    let h = until_degraded(&p.url("/healthz"), "/healthz to report the failed reload").await;
-    let e = h["last_reload_error"].as_str().unwrap_or_default();
+    let h = until_degraded(&p.url("/healthz"), &admin, "/healthz to report the failed reload").await;
+    let e = h["tokens_error"].as_str().unwrap_or_default();
     assert!(e.contains("tokens.toml"), "the error does not name the file: {h}");
+    assert_eq!(h["config_error"], Value::Null, "{h}");
     assert_eq!(get(&url, &[]).await.status, 200, "the old tokens must keep working");
+    // Still ready: the process serves, with the tokens it had.
     let g = get(&p.url("/readyz"), &[]).await;
-    assert_eq!(g.status, 503, "{}", g.text());
+    assert_eq!(g.status, 200, "{}", g.text());
 
     // Valid TOML, invalid value: the key at fault is named.
     let bad_scope = good.replace("\"conda:download\"", "\"conda:upload\"");
     assert_ne!(bad_scope, good);
     std::fs::write(&file, &bad_scope).unwrap();
     poll!("/healthz to name the key at fault", {
-        let h = health(&p).await;
-        let e = h["last_reload_error"].as_str().unwrap_or_default().to_owned();
+        let h = details(&p, &admin).await;
+        let e = h["tokens_error"].as_str().unwrap_or_default().to_owned();
         if e.contains("token[0].scopes") {
             Ok(())
         } else {
@@ -640,6 +658,7 @@ async fn sighup_reloads_the_config_and_refuses_a_broken_one() {
     let demo = Demo::new();
     let cfg = demo.config_path();
     let zed = create(&cfg, "zed-ci", "zed", "conda:download", &[]);
+    let admin = create(&cfg, "ops", "alice", "api:read", &[]);
     let s = Served::start(&demo);
     let anon = s.url("/pubchan/noarch/repodata.json");
     let zed_url = repodata_url(&s.url(""), &zed, "mychan");
@@ -681,8 +700,8 @@ async fn sighup_reloads_the_config_and_refuses_a_broken_one() {
     .unwrap();
     assert!(std::fs::read_to_string(&cfg).unwrap().contains("publik"), "the edit did not apply");
     s.signal("HUP");
-    let h = until_degraded(&s.url("/healthz"), "/healthz to report the refused reload").await;
-    let e = h["last_reload_error"].as_str().unwrap_or_default();
+    let h = until_degraded(&s.url("/healthz"), &admin, "/healthz to report the refused reload").await;
+    let e = h["config_error"].as_str().unwrap_or_default();
     assert!(e.contains("channels[1].access: \"publik\" is not one of public, authenticated, private"), "{h}");
     assert_eq!(get(&anon, &[]).await.status, 401, "the old (private pubchan) state must keep serving");
     assert_eq!(get(&zed_url, &[]).await.status, 200, "the old state must keep serving");

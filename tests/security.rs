@@ -114,3 +114,73 @@ async fn encoded_paths_never_escape_the_channel_through_real_static_mirrors() {
         assert_mirror_is_not_fooled(&mirror, &demo, &bob, &secret).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// health bodies
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_bodies_show_no_secret_and_no_caller_makes_condagate_call_upstreams() {
+    let root = tempfile::tempdir().unwrap();
+    let rec = support::Recorder::start(root.path().to_owned()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let demo = Demo::new();
+    let admin = demo.token("ops", "alice", "api:read");
+    // pubchan's mirror holds credentials in its URL and a header; mychan's is the recorder.
+    let path = demo.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(
+            "name = \"pubchan\"\naccess = \"public\"",
+            &format!(
+                "name = \"pubchan\"\naccess = \"public\"\nupstream = {{ url = \"http://mirroruser:mirror-pass-9@{closed}\", \
+                 headers = {{ Authorization = \"Bearer upstream-secret-7\" }} }}"
+            ),
+        )
+        .replace(
+            "name = \"mychan\"\naccess = \"private\"",
+            &format!("name = \"mychan\"\naccess = \"private\"\nupstream = {{ url = \"{}\" }}", rec.url()),
+        );
+    std::fs::write(&path, &text).unwrap();
+    let p = Proxy::start(demo.config()).await;
+    // The one background probe per upstream per interval (30 s by default) runs at start; after it, no caller of
+    // any health endpoint, anonymous or not, makes condagate send a request upstream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rec.seen().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(rec.seen().len(), 1, "the start-up probe did not run once");
+    for _ in 0..5 {
+        assert_eq!(get(&p.url("/readyz"), &[]).await.status, 200);
+        assert_eq!(get(&p.url("/healthz"), &[]).await.status, 200);
+        assert_eq!(get(&p.url("/healthz"), &[("authorization", &format!("Bearer {admin}"))]).await.status, 200);
+    }
+    assert_eq!(rec.seen().len(), 1, "health checks made upstream requests");
+
+    // A request that fails upstream: pubchan is down. Anonymous callers learn only that something is.
+    assert_eq!(get(&p.url("/pubchan/noarch/repodata.json"), &[]).await.status, 502);
+    let anon = get(&p.url("/healthz"), &[]).await;
+    assert_eq!(anon.json()["upstreams_down"], 1, "{}", anon.text());
+    let auth = format!("Bearer {admin}");
+    let detailed = get(&p.url("/healthz"), &[("authorization", &auth)]).await;
+    assert_eq!(detailed.json()["upstreams"]["pubchan"]["up"], false, "{}", detailed.text());
+    assert!(detailed.text().contains("<redacted>@"), "{}", detailed.text());
+
+    // A broken config line holding a credential: refused, reported by key and line, never with the value.
+    std::fs::write(&path, text.replace("Bearer upstream-secret-7\" }", "Bearer upstream-secret-7\"")).unwrap();
+    assert!(p.app.reload_all().is_err());
+    let detailed = get(&p.url("/healthz"), &[("authorization", &auth)]).await;
+    let e = detailed.json()["config_error"].as_str().unwrap_or_default().to_owned();
+    assert!(e.contains("line "), "the error does not say where: {e}");
+    let anon = get(&p.url("/healthz"), &[]).await;
+    let metrics = get(&p.url("/metrics"), &[]).await;
+    let ready = get(&p.url("/readyz"), &[]).await;
+    let dir = demo.path().display().to_string();
+    for (what, body) in [("details", &detailed), ("anonymous", &anon), ("metrics", &metrics), ("readyz", &ready)] {
+        let t = body.text();
+        for secret in ["mirror-pass-9", "upstream-secret-7", "mirroruser", dir.as_str()] {
+            assert!(!t.contains(secret), "{what} shows {secret:?}: {t}");
+        }
+    }
+    assert!(!anon.text().contains("pubchan") && !anon.text().contains("error"), "{}", anon.text());
+    p.stop().await;
+}

@@ -1,0 +1,78 @@
+//! What condagate knows about each channel's upstream: learned from real traffic and from one background probe per
+//! upstream per interval, never from a health check itself. A dead mirror of one channel shows here, in `/healthz`
+//! and in `/metrics`; it does not make the whole replica unready.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+
+use crate::config::Config;
+use crate::upstream::Upstreams;
+
+/// The last known state of one channel's upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamState {
+    /// Whether the last request or probe reached it.
+    pub up: bool,
+    /// Why it did not, with any URL credentials redacted.
+    pub error: Option<String>,
+    /// When that was learned.
+    pub at: SystemTime,
+}
+
+/// Per-channel upstream states.
+#[derive(Default)]
+pub struct UpstreamHealth {
+    states: DashMap<String, UpstreamState>,
+    /// Set when shutdown begins: `/readyz` then says to send no more traffic here.
+    pub draining: AtomicBool,
+}
+
+impl UpstreamHealth {
+    /// Notes a request to the upstream of `channel` that reached it (`Ok`) or failed on the upstream's side. Writes
+    /// only when the state changes, so the hot path takes a read lock of one shard.
+    pub fn record(&self, channel: &str, result: Result<(), String>) {
+        let up = result.is_ok();
+        if result.is_ok() && self.states.get(channel).is_some_and(|s| s.up) {
+            return;
+        }
+        let state = UpstreamState { up, error: result.err(), at: SystemTime::now() };
+        self.states.insert(channel.to_owned(), state);
+    }
+
+    /// The states of the channels of `config`, in its order; channels not heard of yet are left out.
+    pub fn states(&self, config: &Config) -> Vec<(String, UpstreamState)> {
+        config.channels.iter().filter_map(|c| self.states.get(&c.name).map(|s| (c.name.clone(), s.clone()))).collect()
+    }
+
+    /// How many channels of `config` have an upstream known to be down.
+    pub fn down(&self, config: &Config) -> usize {
+        self.states(config).iter().filter(|(_, s)| !s.up).count()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Probes every channel's upstream once, concurrently, and records the results.
+    pub async fn probe_all(self: &Arc<Self>, upstreams: &Upstreams, config: &Config) {
+        let probes = config.channels.iter().map(|c| async move { (c.name.as_str(), upstreams.probe(&c.source).await) });
+        for (name, result) in futures_util::future::join_all(probes).await {
+            self.record(name, result);
+        }
+    }
+}
+
+/// Probes the upstreams of the current configuration every `every`, until the task is aborted.
+pub async fn probe_loop(app: Arc<crate::app::App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let config = Arc::clone(&app.current().config);
+        app.health.probe_all(&app.upstreams, &config).await;
+    }
+}
