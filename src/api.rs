@@ -98,6 +98,16 @@ fn identify(
     peer: std::net::SocketAddr,
 ) -> Result<Arc<TokenRecord>, ApiError> {
     let unauthorized = |m: &str| err(StatusCode::UNAUTHORIZED, m);
+    // Only credentials a script sends on purpose: a browser attaches Basic credentials (and cookies) to any request
+    // a page on another site makes it send, so they could mint tokens cross-site.
+    let basic = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")));
+    if basic {
+        return Err(unauthorized("the admin API takes Authorization: Bearer <TOKEN> or token <TOKEN>, not Basic"));
+    }
     let token = header_token(req.headers())
         .map_err(|_| unauthorized("the token given is malformed"))?
         .ok_or_else(|| unauthorized("authentication required: send Authorization: token <TOKEN>"))?;

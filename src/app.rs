@@ -93,7 +93,7 @@ impl App {
         let upstreams = Upstreams::new(config.upstream_timeouts);
         let views = Views::new(config.cache_max_bytes, config.upstream_recheck);
         let t = config.server.throttle;
-        let throttle = Throttle::new(t.failures, t.window, t.cooldown);
+        let throttle = Throttle::new(t.failures, t.window, t.cooldown).with_ipv6_prefix(t.ipv6_prefix);
         let tls = match &config.server.tls {
             Some(paths) => Some(Arc::new(CertStore::new(&paths.cert, &paths.key).map_err(anyhow::Error::msg)?)),
             None => None,

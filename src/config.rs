@@ -84,6 +84,7 @@ struct RawThrottle {
     failures: Option<i64>,
     window: Option<String>,
     cooldown: Option<String>,
+    ipv6_prefix: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -311,6 +312,8 @@ pub struct ThrottleConfig {
     pub window: Duration,
     /// How long an address is refused once past the bound.
     pub cooldown: Duration,
+    /// IPv6 clients are counted by this many leading bits of their address (a client usually holds a whole /64).
+    pub ipv6_prefix: u8,
 }
 
 /// An address block: `10.0.0.0/8`, `::1/128`, or a single address.
@@ -637,8 +640,17 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
                     20
                 }
             };
+            let ipv6_prefix = match t.and_then(|t| t.ipv6_prefix) {
+                None => 64,
+                Some(n) if (1..=128).contains(&n) => n as u8,
+                Some(n) => {
+                    p.add("server.throttle.ipv6_prefix", format!("{n} is not a prefix length between 1 and 128"));
+                    64
+                }
+            };
             ThrottleConfig {
                 failures,
+                ipv6_prefix,
                 window: duration(
                     p,
                     "server.throttle.window",

@@ -78,7 +78,6 @@ impl Error {
                     StatusCode::UNAUTHORIZED
                 }
                 Denied::NoDownloadScope | Denied::NotAllowed => StatusCode::FORBIDDEN,
-                Denied::UnknownChannel => StatusCode::NOT_FOUND,
             },
             Error::BadPath => StatusCode::BAD_REQUEST,
             Error::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -118,7 +117,6 @@ impl Error {
                 Denied::Expired(_) => "expired-token",
                 Denied::NoDownloadScope => "missing-scope",
                 Denied::NotAllowed => "not-allowed",
-                Denied::UnknownChannel => "not-found",
             },
             Error::BadPath => "bad-path",
             Error::UriTooLong => "uri-too-long",
@@ -148,7 +146,6 @@ impl Error {
                         .to_owned()
                 }
                 Denied::NotAllowed => "The token's user may not read this channel or label.".to_owned(),
-                Denied::UnknownChannel => "No such file.".to_owned(),
             },
             Error::BadPath => "The request path is malformed.".to_owned(),
             Error::UriTooLong => format!("The request target is longer than {} bytes.", crate::server::MAX_URI),
@@ -195,7 +192,7 @@ impl Error {
             Error::Throttled { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            Error::Denied(Denied::NoDownloadScope | Denied::NotAllowed | Denied::UnknownChannel)
+            Error::Denied(Denied::NoDownloadScope | Denied::NotAllowed)
             | Error::BadPath
             | Error::UriTooLong
             | Error::NotFound
@@ -233,7 +230,6 @@ mod tests {
             (Error::Denied(Denied::Expired(OffsetDateTime::UNIX_EPOCH)), 401),
             (Error::Denied(Denied::NoDownloadScope), 403),
             (Error::Denied(Denied::NotAllowed), 403),
-            (Error::Denied(Denied::UnknownChannel), 404),
             (Error::NotFound, 404),
             (Error::BadPath, 400),
             (Error::UriTooLong, 414),
@@ -249,15 +245,6 @@ mod tests {
             let resp = e.into_response();
             assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
         }
-    }
-
-    #[test]
-    fn hidden_and_missing_look_the_same() {
-        let a = Error::NotFound;
-        let b = Error::Denied(Denied::UnknownChannel);
-        assert_eq!(a.status(), b.status());
-        assert_eq!(a.reason(), b.reason());
-        assert_eq!(a.detail(), b.detail());
     }
 
     #[test]

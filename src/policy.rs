@@ -80,8 +80,6 @@ pub enum Denied {
     NoDownloadScope,
     /// A valid token whose user may not read this channel or label.
     NotAllowed,
-    /// No such channel.
-    UnknownChannel,
 }
 
 #[derive(Debug, Default)]
@@ -195,7 +193,12 @@ impl Policy {
     /// Decides what `who` (an already checked, active token, or `None` for anonymous) may see of `channel`'s `label`
     /// (`main` for the root).
     pub fn authorize(&self, channel: &str, label: &str, who: Option<&TokenRecord>) -> Result<View, Denied> {
-        let c = self.channels.get(channel).ok_or(Denied::UnknownChannel)?;
+        let Some(c) = self.channels.get(channel) else {
+            // An unknown channel answers as a private channel the caller cannot reach, so nobody learns which
+            // private channels exist: 401 without a token, 403 with one.
+            let who = who.ok_or(Denied::NoCredentials)?;
+            return Err(if who.can_download() { Denied::NotAllowed } else { Denied::NoDownloadScope });
+        };
         if c.access == Access::Public {
             return Ok(View::Full);
         }
@@ -341,7 +344,9 @@ labels = ["main"]
         let (_, p) = policy();
         let dl = [Scope::CondaDownload];
         assert!(matches!(p.authorize("pub", "main", None), Ok(View::Full)));
-        assert_eq!(p.authorize("nope", "main", None).unwrap_err(), Denied::UnknownChannel);
+        // An unknown channel looks like a private one the caller cannot reach.
+        assert_eq!(p.authorize("nope", "main", None).unwrap_err(), Denied::NoCredentials);
+        assert_eq!(p.authorize("nope", "main", Some(&token("zed", &dl))).unwrap_err(), Denied::NotAllowed);
         assert_eq!(p.authorize("auth", "main", None).unwrap_err(), Denied::NoCredentials);
         assert!(matches!(p.authorize("auth", "main", Some(&token("zed", &dl))), Ok(View::Full)));
         assert_eq!(

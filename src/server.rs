@@ -163,9 +163,11 @@ async fn channel_file(
     Ok(resp)
 }
 
-/// Looks a presented token up and checks it, counting a failure against the client's address and refusing an
-/// address that is cooling down. When the access log is on, `seen` gets the record whenever the token is known, even
-/// if refused. The record is borrowed from the snapshot, which the caller holds for the request.
+/// Looks a presented token up and checks it, counting a failure against the client and refusing a client that is
+/// cooling down, unless the token is valid: every token condagate issues holds 160 random bits, so a valid one
+/// cannot have been guessed, and one user's typos behind a shared address must not lock out the rest. When the
+/// access log is on, `seen` gets the record whenever the token is known, even if refused. The record is borrowed
+/// from the snapshot, which the caller holds for the request.
 pub fn check_token<'s>(
     app: &App,
     snap: &'s Snapshot,
@@ -174,9 +176,6 @@ pub fn check_token<'s>(
     now: Instant,
     seen: &mut Option<Arc<TokenRecord>>,
 ) -> Result<&'s Arc<TokenRecord>, Error> {
-    if let Some(retry_after) = app.throttle.blocked(client, now) {
-        return Err(Error::Throttled { retry_after });
-    }
     let checked = snap.tokens.by_digest(token).ok_or(Denied::Unknown).and_then(|r| {
         // Kept for the access log only, and only when it is written: a clone is a write to the record's reference
         // count, which every worker serving this token shares.
@@ -185,13 +184,19 @@ pub fn check_token<'s>(
         }
         Policy::check_token_now(r).map(|()| r)
     });
-    checked.map_err(|d| {
-        if app.throttle.failure(client, now) {
-            app.metrics.throttled();
-            tracing::warn!(%client, "too many failed token checks; cooling down");
+    match checked {
+        Ok(r) => Ok(r),
+        Err(d) => {
+            if let Some(retry_after) = app.throttle.blocked(client, now) {
+                return Err(Error::Throttled { retry_after });
+            }
+            if app.throttle.failure(client, now) {
+                app.metrics.throttled();
+                tracing::warn!(%client, "too many failed token checks; cooling down");
+            }
+            Err(Error::Denied(d))
         }
-        Error::Denied(d)
-    })
+    }
 }
 
 /// Whether the request carries a valid token with the `api:read` scope (or one that covers it). A bad token counts

@@ -184,3 +184,79 @@ async fn health_bodies_show_no_secret_and_no_caller_makes_condagate_call_upstrea
     assert!(!anon.text().contains("pubchan") && !anon.text().contains("error"), "{}", anon.text());
     p.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// the throttle
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throttle_fails_closed_when_its_table_is_full() {
+    // 100,000 other addresses have failed once each (as many as the table holds); a new address guessing tokens
+    // must still be cooled down.
+    let demo = Demo::with(
+        "[upstream]\ndir = \"channels\"",
+        "trusted_proxies = [\"127.0.0.1\"]\nthrottle = { failures = 5, window = \"60s\", cooldown = \"30s\" }",
+    );
+    let p = Proxy::start(demo.config()).await;
+    let now = std::time::Instant::now();
+    for i in 0..condagate::throttle::MAX_TRACKED as u32 {
+        p.app.throttle.failure(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes()), now);
+    }
+    let url = p.url("/t/cg-NotARealToken0123456789abcdefgh/mychan/noarch/repodata.json");
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(&url, &[("x-forwarded-for", "198.51.100.99")]).await.status.as_u16());
+    }
+    assert!(statuses.contains(&429), "a new address was never throttled with a full table: {statuses:?}");
+    // IPv6 neighbours of one /64 are one client.
+    let mut v6 = Vec::new();
+    for i in 0..10 {
+        v6.push(get(&url, &[("x-forwarded-for", &format!("2001:db8:7:7::{i:x}"))]).await.status.as_u16());
+    }
+    assert!(v6.contains(&429), "addresses of one IPv6 /64 were counted apart: {v6:?}");
+    p.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// what callers can learn about channels, and admin credentials
+
+#[tokio::test]
+async fn a_private_channel_and_a_missing_one_look_the_same() {
+    let demo = Demo::new();
+    let zed = demo.token("zed-dl", "zed", "conda:download");
+    let p = Proxy::start(demo.config()).await;
+    for file in ["noarch/repodata.json", "noarch/alpha-1.0-0.tar.bz2", "noarch/repodata_shards.msgpack.zst"] {
+        for (what, headers) in [("anonymous", vec![]), ("zed", vec![("authorization", format!("Bearer {zed}"))])] {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let private = get(&p.url(&format!("/mychan/{file}")), &h).await;
+            let missing = get(&p.url(&format!("/nochan/{file}")), &h).await;
+            assert_eq!(private.status, missing.status, "{what} {file}");
+            assert_eq!(private.body, missing.body, "{what} {file}");
+            assert_eq!(private.header("www-authenticate"), missing.header("www-authenticate"), "{what} {file}");
+            let want = if what == "anonymous" { 401 } else { 403 };
+            assert_eq!(private.status, want, "{what} {file}: {}", private.text());
+        }
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_basic_credentials() {
+    use base64::Engine as _;
+    let demo = Demo::new();
+    let admin = demo.token("ops", "alice", "all");
+    let p = Proxy::start(demo.config()).await;
+    let url = p.url("/api/authentications");
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("alice:{admin}")));
+    let got = get(&url, &[("authorization", &basic)]).await;
+    assert_eq!(got.status, 401, "{}", got.text());
+    assert!(got.text().contains("not Basic"), "{}", got.text());
+    assert!(!got.text().contains(&admin));
+    for scheme in ["Bearer", "token"] {
+        let got = get(&url, &[("authorization", &format!("{scheme} {admin}"))]).await;
+        assert_eq!(got.status, 200, "{scheme}: {}", got.text());
+    }
+    // Channel files keep Basic: rattler's BasicHTTP credentials send the token as the password.
+    let got = get(&p.url("/mychan/noarch/repodata.json"), &[("authorization", &basic)]).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    p.stop().await;
+}
