@@ -90,7 +90,7 @@ impl App {
     pub fn new(config: Config) -> Result<Self, anyhow::Error> {
         let tokens_stamp = FileStamp::read(&config.tokens_file);
         let tokens = TokenTable::new(store::load(&config.tokens_file)?);
-        let upstreams = Upstreams::new(config.upstream_timeouts);
+        let upstreams = Upstreams::with_max_document(config.upstream_timeouts, config.upstream_max_document);
         let views = Views::new(config.cache_max_bytes, config.upstream_recheck);
         let t = config.server.throttle;
         let throttle = Throttle::new(t.failures, t.window, t.cooldown).with_ipv6_prefix(t.ipv6_prefix);

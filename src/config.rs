@@ -62,6 +62,7 @@ struct RawServer {
     base_path: Option<String>,
     repodata_max_age: Option<String>,
     header_read_timeout: Option<String>,
+    send_timeout: Option<String>,
     max_connections: Option<i64>,
     workers: Option<i64>,
     shutdown_grace: Option<String>,
@@ -280,6 +281,8 @@ pub struct ServerConfig {
     pub repodata_max_age: Duration,
     /// Time a client has to send a request's head; also how long an idle keep-alive connection is kept.
     pub header_read_timeout: Duration,
+    /// How long a response may go without moving (the client not reading) before its connection is closed.
+    pub send_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Threads serving connections, each with its own single-threaded runtime.
@@ -604,6 +607,7 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
             s.header_read_timeout.as_ref(),
             Duration::from_secs(10),
         ),
+        send_timeout: duration(p, "server.send_timeout", s.send_timeout.as_ref(), Duration::from_secs(60)),
         max_connections,
         workers,
         shutdown_grace: duration(p, "server.shutdown_grace", s.shutdown_grace.as_ref(), Duration::from_secs(30)),

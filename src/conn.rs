@@ -44,6 +44,9 @@ pub(crate) struct Activity {
     idle_since: AtomicU64,
     started: AtomicU64,
     write_blocked: AtomicBool,
+    /// Nanoseconds after `born` when a response in flight last moved (a body frame taken by hyper) or a request
+    /// began.
+    progress: AtomicU64,
     /// Set while hyper is being asked to let go of the socket: its shutdown of the socket must then do nothing.
     parking: AtomicBool,
 }
@@ -56,16 +59,24 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             started: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
+            progress: AtomicU64::new(0),
             parking: AtomicBool::new(false),
         }
     }
 
-    /// When the connection will have been idle for `limit`, or `None` while a request is in flight.
-    fn idle_deadline(&self, limit: Duration) -> Option<Instant> {
+    /// When the connection must close unless something happens first, and why: idle for `limits.idle` with no
+    /// request in flight, or `limits.send` since its responses last moved while one is.
+    fn deadline(&self, limits: Limits) -> (Instant, Closing) {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            let moved = clock::after(self.born, self.progress.load(Ordering::Acquire));
+            return (moved + limits.send, Closing::Stalled);
         }
-        Some(self.last_answered() + limit)
+        (self.last_answered() + limits.idle, Closing::Idle)
+    }
+
+    /// Notes that a response in flight moved at `at`.
+    pub(crate) fn progressed(&self, at: Instant) {
+        self.progress.store(clock::nanos_after(self.born, at), Ordering::Release);
     }
 
     /// Since when the connection has been quiet, if it has answered a request since `started_before` and handed
@@ -93,9 +104,15 @@ pub struct InFlight {
 
 impl InFlight {
     pub(crate) fn begin(a: &Arc<Activity>) -> Self {
+        a.progressed(Instant::now());
         a.started.fetch_add(1, Ordering::AcqRel);
         a.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight { activity: Arc::clone(a), ended: None }
+    }
+
+    /// Notes that the response moved: hyper took a frame of its body, so the client is reading.
+    pub(crate) fn progressed(&self, at: Instant) {
+        self.activity.progressed(at);
     }
 
     /// Notes when the request ended, so that dropping it need not read the clock again.
@@ -119,9 +136,23 @@ pub(crate) struct Protocols {
     pub http1: http1::Builder,
     /// HTTP/2: prior knowledge in plaintext, or chosen by ALPN over TLS.
     pub http2: http2::Builder<TokioExecutor>,
-    /// How long a connection may go without a request in flight before it is closed.
-    pub idle_limit: Duration,
+    /// How long a connection may go without a request in flight, and how long a request in flight may go without
+    /// its response moving, before the connection is closed.
+    pub limits: Limits,
 }
+
+/// A connection's time limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// No request in flight for this long (a silent client, a slow request head, an idle keep-alive): closed.
+    pub idle: Duration,
+    /// A request in flight whose response has not moved for this long (a client that stopped reading): closed.
+    pub send: Duration,
+}
+
+/// How long a connection closed for idleness may take to say goodbye (an HTTP/2 GOAWAY; an HTTP/1.1 connection
+/// caught mid-head closes at once).
+const IDLE_GOODBYE: Duration = Duration::from_millis(250);
 
 /// The request handler, as hyper sees it.
 pub(crate) trait Handler:
@@ -152,11 +183,11 @@ pub(crate) async fn serve_plain<S>(
     S: Handler,
     S::Future: Send + 'static,
 {
-    match tokio::time::timeout(protocols.idle_limit, opens_with_preface(&stream)).await {
+    match tokio::time::timeout(protocols.limits.idle, opens_with_preface(&stream)).await {
         Ok(Some(false)) => serve_http1(protocols, stream, service, activity, counted, stop).await,
         Ok(Some(true)) => {
             let conn = protocols.http2.serve_connection(TokioIo::new(stream), service);
-            Box::pin(serve(conn, activity, protocols.idle_limit, stop)).await;
+            Box::pin(serve(conn, activity, protocols.limits, stop)).await;
         }
         // Gone, or silent for the whole idle limit.
         Ok(None) | Err(_) => {}
@@ -195,7 +226,7 @@ async fn serve_http1<S>(
     S: Handler,
     S::Future: Send + 'static,
 {
-    let limit = protocols.idle_limit;
+    let limits = protocols.limits;
     let mut wire = Wire { stream, unread: Bytes::new(), activity: Arc::clone(activity) };
     loop {
         if wire.unread.is_empty() {
@@ -204,14 +235,14 @@ async fn serve_http1<S>(
                 biased;
                 _ = stop.wait_for(|s| *s) => return,
                 r = wire.stream.readable() => if r.is_err() { return },
-                () = idle_for(activity, limit) => return,
+                _ = closing_time(activity, limits) => return,
             }
             counted.set_parked(false);
         }
         let started_before = activity.started.load(Ordering::Acquire);
         // Boxed, so that a parked connection's task holds no room for hyper's state.
         let mut conn = Box::new(protocols.http1.serve_connection(TokioIo::new(wire), service.clone()));
-        match Box::pin(run_until_quiet(&mut conn, activity, started_before, limit, &mut stop)).await {
+        match Box::pin(run_until_quiet(&mut conn, activity, started_before, limits, &mut stop)).await {
             Ended::Closed => return,
             Ended::Parked => {
                 let parts = conn.into_parts();
@@ -224,9 +255,12 @@ async fn serve_http1<S>(
 }
 
 /// Why a connection is being closed.
+#[derive(Debug, Clone, Copy)]
 enum Closing {
     Stopping,
     Idle,
+    /// A response stopped moving: the client stopped reading.
+    Stalled,
 }
 
 enum Ended {
@@ -243,7 +277,7 @@ async fn run_until_quiet<S>(
     conn: &mut http1::Connection<TokioIo<Wire>, S>,
     activity: &Activity,
     started_before: u64,
-    limit: Duration,
+    limits: Limits,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended
 where
@@ -277,7 +311,7 @@ where
         tokio::select! {
             parked = served => Ok(parked),
             _ = stop.wait_for(|s| *s) => Err(Closing::Stopping),
-            () = idle_for(activity, limit) => Err(Closing::Idle),
+            why = closing_time(activity, limits) => Err(why),
         }
     };
     let why = match outcome {
@@ -286,18 +320,22 @@ where
         Err(why) => why,
     };
     activity.parking.store(false, Ordering::Release);
-    close(Pin::new(conn), why, limit).await;
+    close(Pin::new(conn), why).await;
     Ended::Closed
 }
 
-/// Resolves once the connection has had no request in flight for `limit`.
-async fn idle_for(activity: &Activity, limit: Duration) {
+/// Resolves once the connection has had no request in flight for `limits.idle`, or a request in flight whose
+/// response has not moved for `limits.send`; says which. It looks again at least every `limits.send`, since a request
+/// may begin (and stall) while it waits out an idle deadline: a stalled response is closed within one to two send
+/// timeouts, an idle connection at its idle deadline.
+async fn closing_time(activity: &Activity, limits: Limits) -> Closing {
     loop {
-        match activity.idle_deadline(limit) {
-            Some(deadline) if deadline <= Instant::now() => return,
-            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-            None => tokio::time::sleep(limit).await,
+        let (deadline, why) = activity.deadline(limits);
+        let now = Instant::now();
+        if deadline <= now {
+            return why;
         }
+        tokio::time::sleep_until(deadline.min(now + limits.send).into()).await;
     }
 }
 
@@ -316,11 +354,11 @@ pub(crate) async fn serve_tls<S>(
 {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
-    let limit = protocols.idle_limit;
+    let limits = protocols.limits;
     if h2 {
-        serve(protocols.http2.serve_connection(io, service), activity, limit, stop).await;
+        serve(protocols.http2.serve_connection(io, service), activity, limits, stop).await;
     } else {
-        serve(protocols.http1.serve_connection(io, service), activity, limit, stop).await;
+        serve(protocols.http1.serve_connection(io, service), activity, limits, stop).await;
     }
 }
 
@@ -328,32 +366,31 @@ pub(crate) async fn serve_tls<S>(
 /// gracefully when the server stops, or when it has had no request in flight for `idle_limit`: that covers a client
 /// that says nothing after the handshake, a slow request head, an idle keep-alive connection and an idle HTTP/2
 /// connection alike.
-async fn serve<C: GracefulConnection>(
-    conn: C,
-    activity: &Activity,
-    idle_limit: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve<C: GracefulConnection>(conn: C, activity: &Activity, limits: Limits, mut stop: watch::Receiver<bool>) {
     tokio::pin!(conn);
     let why = tokio::select! {
         _ = conn.as_mut() => return,
         _ = stop.wait_for(|s| *s) => Closing::Stopping,
-        () = idle_for(activity, idle_limit) => Closing::Idle,
+        why = closing_time(activity, limits) => why,
     };
-    close(conn, why, idle_limit).await;
+    close(conn, why).await;
 }
 
-/// Closes a connection gracefully. Draining, requests in flight finish (the server's grace period bounds the
-/// wait); idle, it gets one more idle period, since an idle HTTP/2 peer may never acknowledge the GOAWAY.
-async fn close<C: GracefulConnection>(mut conn: Pin<&mut C>, why: Closing, limit: Duration) {
-    conn.as_mut().graceful_shutdown();
+/// Closes a connection. Draining, gracefully: requests in flight finish (the server's grace period bounds the
+/// wait). Idle, gracefully but briefly ([`IDLE_GOODBYE`]), so the idle limit holds: an idle HTTP/2 peer may never
+/// acknowledge the GOAWAY, and an HTTP/1.1 client still sending its head would be waited for. Stalled, at once: the
+/// client is not reading, so nothing more can reach it.
+async fn close<C: GracefulConnection>(mut conn: Pin<&mut C>, why: Closing) {
     match why {
         Closing::Stopping => {
+            conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
         Closing::Idle => {
-            let _ = tokio::time::timeout(limit, conn).await;
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(IDLE_GOODBYE, conn).await;
         }
+        Closing::Stalled => {}
     }
 }
 

@@ -328,6 +328,7 @@ pub async fn handle(
     let started = Instant::now();
     let (app, peer) = (&*conn.app, conn.peer);
     let snap = app.current();
+    let is_get = req.method() == Method::GET;
     // The path is redacted only if the span is recorded at all: nothing is formatted when logging is off.
     let path = route::Redacted(req.uri().path());
     let span = tracing::info_span!("request", method = %req.method(), %path, peer = %peer.ip());
@@ -373,7 +374,9 @@ pub async fn handle(
         expected: HttpBody::size_hint(&body)
             .exact()
             .or_else(|| parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())),
-        finished: false,
+        // A body with nothing to send (304, HEAD, an empty file) is complete from the start: hyper never polls it.
+        finished: HttpBody::is_end_stream(&body),
+        is_get,
         in_flight,
     };
     Ok(Response::from_parts(parts, Body::stream(Metered { inner: body, log })))
@@ -397,6 +400,8 @@ struct AccessLog {
     /// The body's length from `Content-Length`, when it has one.
     expected: Option<u64>,
     finished: bool,
+    /// Only a GET that completes is a download (a HEAD is complete from the start).
+    is_get: bool,
     /// Held until the body is done, so the connection counts as busy while it streams.
     in_flight: InFlight,
 }
@@ -408,7 +413,7 @@ impl Drop for AccessLog {
         self.in_flight.ended_at(ended);
         self.conn.app.metrics.response(self.status.as_u16(), self.bytes, elapsed.as_secs_f64());
         let o = &self.outcome;
-        if let (true, true, Some(path)) = (self.finished, self.status.is_success(), &o.path) {
+        if let (true, true, Some(path)) = (self.finished && self.is_get, self.status.is_success(), &o.path) {
             if let FileKind::Package(p) = &path.file {
                 self.conn.app.metrics.download(path.channel(), p.name());
             }
@@ -455,6 +460,8 @@ impl HttpBody for Metered {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                // hyper asks for the next frame once the last one is on its way: the client is reading.
+                self.log.in_flight.progressed(Instant::now());
                 if let Some(d) = frame.data_ref() {
                     self.log.bytes += d.len() as u64;
                 }
@@ -513,7 +520,8 @@ impl Server {
             .max_buf_size(64 * 1024)
             .max_header_size(64 * 1024);
         let idle_limit = cfg.server.header_read_timeout;
-        let protocols = Arc::new(Protocols { http1, http2, idle_limit });
+        let limits = conn::Limits { idle: idle_limit, send: cfg.server.send_timeout };
+        let protocols = Arc::new(Protocols { http1, http2, limits });
         let acceptor = app.tls.as_ref().map(|store| tokio_rustls::TlsAcceptor::from(Arc::new(store.server_config())));
         let max_connections = cfg.server.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));

@@ -36,9 +36,6 @@ use crate::error::Error;
 /// Chunk size for reading local files: large enough that a 24 MB package is ~100 reads.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Largest repodata document condagate will load to filter (conda-forge's largest subdir is well below this).
-pub const MAX_DOCUMENT: u64 = 4 << 30;
-
 const UA: &str = concat!("condagate/", env!("CARGO_PKG_VERSION"));
 
 /// A whole upstream document (repodata, shard index) with its validator.
@@ -94,6 +91,8 @@ pub enum Refetch {
 pub struct Upstreams {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     timeouts: UpstreamTimeouts,
+    /// The largest document [`Upstreams::refetch`] reads (`upstream.max_document`).
+    max_document: u64,
 }
 
 fn io_error(e: std::io::Error) -> Error {
@@ -116,6 +115,11 @@ fn header(v: impl TryInto<HeaderValue>) -> Option<HeaderValue> {
 impl Upstreams {
     /// A client with the given timeouts, trusting the webpki roots for https upstreams.
     pub fn new(timeouts: UpstreamTimeouts) -> Self {
+        Self::with_max_document(timeouts, crate::config::DEFAULT_MAX_DOCUMENT)
+    }
+
+    /// A client with the given timeouts that reads documents of at most `max_document` bytes.
+    pub fn with_max_document(timeouts: UpstreamTimeouts, max_document: u64) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeouts.connect));
@@ -130,7 +134,7 @@ impl Upstreams {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(https);
-        Upstreams { client, timeouts }
+        Upstreams { client, timeouts, max_document }
     }
 
     /// Serves `rel` (a path checked by the router) of `source` as the answer to a GET or HEAD with `headers`.
@@ -234,6 +238,10 @@ impl Upstreams {
         Ok(out)
     }
 
+    fn too_large(&self, rel: &str) -> Error {
+        Error::Upstream(format!("{rel} is larger than upstream.max_document ({} bytes)", self.max_document))
+    }
+
     /// Whether the upstream answers at all: the folder exists, or the mirror answers a HEAD of the channel root with
     /// any HTTP status within the connect and first-byte timeouts.
     pub async fn probe(&self, source: &Source) -> Result<(), String> {
@@ -265,8 +273,8 @@ impl Upstreams {
                 if held == Some(stamp.etag().as_str()) {
                     return Ok(Refetch::Unchanged);
                 }
-                if meta.len() > MAX_DOCUMENT {
-                    return Err(Error::Upstream(format!("{rel} is larger than {MAX_DOCUMENT} bytes")));
+                if meta.len() > self.max_document {
+                    return Err(self.too_large(rel));
                 }
                 let bytes = tokio::fs::read(&path).await.map_err(io_error)?;
                 // The file may have changed between the two calls; a validator from the bytes' own length keeps a
@@ -313,12 +321,21 @@ impl Upstreams {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned)
                     .unwrap_or_default();
-                let limited = http_body_util::Limited::new(resp.into_body(), MAX_DOCUMENT as usize);
-                let bytes = limited
-                    .collect()
-                    .await
-                    .map_err(|e| Error::Upstream(format!("{}: {e}", shown_url(base, rel))))?
-                    .to_bytes();
+                let announced = h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if announced.is_some_and(|n| n > self.max_document) {
+                    return Err(self.too_large(rel));
+                }
+                // Bounded in size and in time: a body that grows without end is cut at the cap, and one that stalls
+                // between two chunks for longer than the upstream timeout fails, as a streamed package does.
+                let body = resp.into_body().map_err(boxed);
+                let body = IdleTimeout::new(body, self.timeouts.first_byte);
+                let limit = usize::try_from(self.max_document).unwrap_or(usize::MAX);
+                let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+                    Ok(c) => c.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(self.too_large(rel)),
+                    Err(e) if e.to_string() == STALLED => return Err(Error::UpstreamTimeout),
+                    Err(e) => return Err(Error::Upstream(format!("{}: {e}", shown_url(base, rel)))),
+                };
                 // Without a validator the document is identified by its content.
                 let validator = if validator.is_empty() { content_validator(&bytes) } else { validator };
                 Ok(Refetch::Changed(Document { bytes, validator, modified, max_age, stamp: None }))
@@ -354,6 +371,13 @@ pub fn shown_url(base: &str, rel: &str) -> String {
     format!("{}/{rel}", redact_userinfo(base))
 }
 
+fn boxed(e: hyper::Error) -> BoxError {
+    Box::new(e)
+}
+
+/// What a body that stalled fails with.
+const STALLED: &str = "the upstream stalled mid-body";
+
 /// A body that fails when no frame arrives for `limit`.
 struct IdleTimeout<B> {
     inner: B,
@@ -382,7 +406,7 @@ where
                 Poll::Ready(frame)
             }
             Poll::Pending => match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err("the upstream stalled mid-body".into()))),
+                Poll::Ready(()) => Poll::Ready(Some(Err(STALLED.into()))),
                 Poll::Pending => Poll::Pending,
             },
         }

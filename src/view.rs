@@ -106,7 +106,9 @@ pub struct Views {
     /// Read by every repodata request and changed only when a document is fetched, so it is swapped whole rather
     /// than locked: reading it writes to nothing other threads share.
     docs: ArcSwap<Docs>,
-    loading: DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    loading: DashMap<(String, String), Arc<Gate>>,
+    /// Bounds the documents fetched and parsed at once, whatever their number: each may be hundreds of megabytes.
+    loads: tokio::sync::Semaphore,
     hits: AtomicU64,
     misses: AtomicU64,
     /// How long a held document is trusted without asking the upstream (`upstream.recheck`).
@@ -115,12 +117,24 @@ pub struct Views {
     epoch: Instant,
 }
 
+/// Documents fetched and parsed at once, at most.
+pub const MAX_CONCURRENT_LOADS: usize = 4;
+
+/// One document's fetches: one at a time, and the outcome of the last shared with those that waited for it.
+#[derive(Default)]
+struct Gate {
+    /// Fetches finished through this gate.
+    attempts: AtomicU64,
+    /// Held while fetching; holds the last fetch's failure.
+    turn: tokio::sync::Mutex<Option<Error>>,
+}
+
 /// A document's turn to be fetched, shared by the requests that want it at the same time. The last one to leave
 /// removes it, so paths asked for once (a subdir a channel lacks, say) leave nothing behind.
 struct LoadGate<'a> {
     views: &'a Views,
     key: (String, String),
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: Arc<Gate>,
 }
 
 impl<'a> LoadGate<'a> {
@@ -162,6 +176,7 @@ impl Views {
             docs: ArcSwap::default(),
             epoch: Instant::now(),
             loading: DashMap::new(),
+            loads: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             recheck,
@@ -195,11 +210,30 @@ impl Views {
     /// Fetches a document that is not held, or has changed, and holds it.
     async fn load(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
         // One fetch per document at a time: a burst of first requests reads a large repodata once, not once each.
+        // Requests that waited for another's fetch take its outcome, failure included: a mirror that just timed out is
+        // not asked again once per waiting request, each waiting out the timeout in turn.
         let gate = LoadGate::new(self, (channel.name.clone(), rel.to_owned()));
-        let _turn = Arc::clone(&gate.lock).lock_owned().await;
+        let before = gate.lock.attempts.load(Relaxed);
+        let mut turn = gate.lock.turn.lock().await;
+        if gate.lock.attempts.load(Relaxed) != before {
+            if let Some(e) = turn.as_ref() {
+                return Err(e.clone());
+            }
+        }
         if let Some(h) = self.current(channel, rel)? {
             return Ok(h);
         }
+        let result = {
+            let _slot = self.loads.acquire().await.map_err(|_| Error::Internal("the load bound is closed".into()))?;
+            self.fetch(up, channel, rel).await
+        };
+        *turn = result.as_ref().err().cloned();
+        gate.lock.attempts.fetch_add(1, Relaxed);
+        result
+    }
+
+    /// Asks the upstream for a document and holds what comes back.
+    async fn fetch(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
         let held = self.held(channel, rel);
         match up.refetch(&channel.source, rel, held.as_ref().map(|h| h.doc.validator.as_str())).await {
             Ok(Refetch::Unchanged) => {

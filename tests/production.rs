@@ -388,6 +388,65 @@ async fn dribble(addr: SocketAddr, prefix: &'static [u8], limit: Duration) -> Op
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_head_is_cut_at_the_header_timeout_not_twice_it() {
+    let demo = Demo::with(LOCAL_UPSTREAM, "header_read_timeout = \"1s\"");
+    let proxy = Proxy::start(demo.config()).await;
+    // The client trickles a head for up to 1.8 s: the server must have closed it before (1 s and a short goodbye);
+    // it used to wait a second full period (2 s).
+    let lived =
+        dribble(proxy.addr, b"GET /pubchan/noarch/repodata.json HTTP/1.1\r\nHost: x\r\n", Duration::from_millis(1800))
+            .await;
+    assert!(lived.is_some(), "a slow head outlived 1.8 s with header_read_timeout = 1s");
+    eprintln!("slow head cut after {lived:?}");
+    proxy.stop().await;
+}
+
+/// Sends a GET on a raw socket, reads `first` bytes, then reads nothing for `pause`; then reads to the end and says
+/// how many bytes came in all.
+async fn stall_reading(addr: SocketAddr, path: &str, first: usize, pause: Duration) -> usize {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // A small receive buffer, so the server's writes block soon.
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut got = vec![0u8; first];
+    s.read_exact(&mut got).await.unwrap();
+    tokio::time::sleep(pause).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest)).await;
+    first + rest.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout_and_slow_readers_finish() {
+    const SIZE: usize = 48 << 20;
+    let demo = Demo::with(LOCAL_UPSTREAM, "send_timeout = \"1s\"");
+    std::fs::write(demo.path().join("channels/pubchan/noarch/big-1.0-0.tar.bz2"), big_payload(SIZE)).unwrap();
+    let proxy = Proxy::start(demo.config()).await;
+    // Stops reading for 3 s after the first 64 KiB: the response stops moving, and the connection is closed, so
+    // the rest never comes.
+    let got = stall_reading(proxy.addr, "/pubchan/noarch/big-1.0-0.tar.bz2", 65536, Duration::from_secs(3)).await;
+    assert!(got < SIZE, "a client that stopped reading for 3 s (send_timeout 1 s) still got all {got} bytes");
+    // A slow reader that keeps moving (about 2 MiB/s, far above the minimum rate of a 256 KiB chunk per second)
+    // gets everything.
+    let small = 4 << 20;
+    std::fs::write(demo.path().join("channels/pubchan/noarch/mid-1.0-0.tar.bz2"), big_payload(small)).unwrap();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /pubchan/noarch/mid-1.0-0.tar.bz2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut total = 0;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(total > small, "a slow but moving reader got {total} of {small} body bytes");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_at_the_header_timeout_while_normal_clients_are_served() {
     let demo = Demo::with(LOCAL_UPSTREAM, "header_read_timeout = \"500ms\"");
     let proxy = Proxy::start(demo.config()).await;
@@ -1139,6 +1198,10 @@ async fn the_access_log_tells_complete_downloads_from_abandoned_ones() {
     let bin = Binary::start(&demo.config_path(), &[]);
     let small = get(&bin.url("/pubchan/noarch/hello-1.0-0.tar.bz2"), &[]).await;
     assert_eq!(small.status, StatusCode::OK);
+    // A revalidation: a 304 has nothing left to send, and is complete.
+    let etag = small.header("etag").unwrap().to_owned();
+    let again = get(&bin.url("/pubchan/noarch/hello-1.0-0.tar.bz2"), &[("if-none-match", &etag)]).await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
     let big = get(&bin.url("/pubchan/noarch/big-1.0-0.tar.bz2"), &[]).await;
     assert_eq!((big.status, big.body.len()), (StatusCode::OK, SIZE));
     // A client that gives up after the first chunk.
@@ -1157,17 +1220,19 @@ async fn the_access_log_tells_complete_downloads_from_abandoned_ones() {
     assert!(status.success());
     let access = access_lines(&log);
     let lines: Vec<_> = access.iter().filter(|l| l["channel"] == "pubchan").collect();
-    assert_eq!(lines.len(), 3, "{log}");
-    let summary: Vec<(u64, bool)> =
+    assert_eq!(lines.len(), 4, "{log}");
+    let mut summary: Vec<(u64, bool)> =
         lines.iter().map(|l| (l["bytes"].as_u64().unwrap(), l["complete"].as_bool().unwrap_or(false))).collect();
     let hello_len = small.body.len() as u64;
     assert_eq!(summary[0], (hello_len, true), "a complete small download is logged as {:?}: {}", summary[0], lines[0]);
+    assert_eq!((lines[1]["status"].as_u64(), summary[1]), (Some(304), (0, true)), "a 304 is logged as {}", lines[1]);
+    summary.remove(1);
     assert_eq!(
         summary[1],
         (SIZE as u64, true),
         "a complete large download is logged as {:?}: {}",
         summary[1],
-        lines[1]
+        lines[2]
     );
     assert!(summary[2].0 < SIZE as u64 && !summary[2].1, "an abandoned download is logged as {:?}", summary[2]);
 }

@@ -260,3 +260,51 @@ async fn the_admin_api_refuses_basic_credentials() {
     assert_eq!(got.status, 200, "{}", got.text());
     p.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// bounded upstream documents
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_documents_are_bounded_in_size_and_in_time_and_waiters_share_the_failure() {
+    use support::{Behaviour, Recorder};
+    let demo = Demo::new();
+    let rec = Recorder::start(demo.path().join("channels")).await;
+    let up = format!(
+        "[upstream]\nurl = \"{}\"\ntimeout = \"500ms\"\nmax_document = \"8MiB\"\nprobe_interval = \"1h\"",
+        rec.url()
+    );
+    let p = Proxy::start(config_for(&demo, &up, "")).await;
+    let url = p.url("/pubchan/noarch/repodata.json");
+
+    // An endless body is cut at upstream.max_document: 502, and memory does not follow the upstream.
+    rec.set(Behaviour::Endless);
+    let before = rss_kib();
+    let g = get(&url, &[]).await;
+    assert_eq!(g.status, 502, "{}", g.text());
+    let grew = rss_kib().saturating_sub(before);
+    assert!(grew < 200 * 1024, "the process grew by {grew} KiB reading an endless document capped at 8 MiB");
+
+    // A body that stalls mid-way fails after the upstream timeout (504), and the requests that waited for that
+    // fetch get its answer instead of each asking again in turn.
+    rec.set(Behaviour::StallMidBody);
+    let asked_before = rec.seen().iter().filter(|s| s.path.ends_with("/noarch/repodata.json")).count();
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all((0..6).map(|_| get(&url, &[]))).await;
+    let took = started.elapsed();
+    for a in &answers {
+        assert_eq!(a.status, 504, "{}", a.text());
+    }
+    let asked = rec.seen().iter().filter(|s| s.path.ends_with("/noarch/repodata.json")).count() - asked_before;
+    assert!(asked < 6, "every waiting request asked the stalled upstream again ({asked} fetches, {took:?})");
+    eprintln!("6 requests on a stalled document: {asked} upstream fetch(es), all answered 504 after {took:?}");
+
+    // The mirror recovers; so does the channel.
+    rec.set(Behaviour::Normal);
+    assert_eq!(get(&url, &[]).await.status, 200);
+    p.stop().await;
+}

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+
 use condagate::app::App;
 use condagate::config::Config;
 use condagate::lifecycle::{self, NewToken};
@@ -244,6 +245,10 @@ pub enum Behaviour {
     Hang,
     /// Answer 500.
     Fail,
+    /// Send the first half of the file, then nothing, forever, keeping the connection open.
+    StallMidBody,
+    /// Answer 200 with a body (no length) that never ends: 64 KiB chunks as fast as they are read.
+    Endless,
 }
 
 /// A recorded request: path and headers.
@@ -350,6 +355,11 @@ async fn recorder_answer(
             return full(500, Bytes::new());
         }
         Behaviour::Fail => return full(500, Bytes::from_static(b"boom")),
+        Behaviour::Endless => {
+            let chunk = Bytes::from(vec![b' '; 65536]);
+            let stream = futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(Frame::data(chunk.clone())));
+            return Response::new(StreamBody::new(stream).boxed());
+        }
         _ => {}
     }
     let file = root.join(path.trim_start_matches('/'));
@@ -375,6 +385,20 @@ async fn recorder_answer(
                     Some((Ok::<_, std::io::Error>(Frame::data(c)), (it, i + 1)))
                 }
             });
+            let mut r = Response::new(StreamBody::new(stream).boxed());
+            r.headers_mut().insert("content-length", len.into());
+            r
+        }
+        Behaviour::StallMidBody => {
+            let half = data.slice(..len / 2);
+            let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Frame::data(half)) });
+            let stream = futures_util::StreamExt::chain(
+                first,
+                futures_util::stream::once(async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(Frame::data(Bytes::new()))
+                }),
+            );
             let mut r = Response::new(StreamBody::new(stream).boxed());
             r.headers_mut().insert("content-length", len.into());
             r
