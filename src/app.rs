@@ -37,7 +37,14 @@ impl Snapshot {
             http::HeaderValue::try_from(format!("{scope}, max-age={age}"))
                 .unwrap_or(http::HeaderValue::from_static("no-cache"))
         };
-        Snapshot { repodata_cache_control: [value("public"), value("private")], config, policy, tokens }
+        // What everyone may see may be kept by any cache. A per-token view is marked `s-maxage=0` (which implies
+        // `proxy-revalidate`) rather than `private`: a shared cache may store it but must ask condagate again on
+        // every use, so the token is checked each time, while a client that judges responses as a shared cache does
+        // (rattler's shard-index cache) keeps the validators and revalidates with a cheap 304 instead of
+        // downloading the index again. See README, "Caching of per-token views".
+        let shared = http::HeaderValue::try_from(format!("max-age={age}, s-maxage=0"))
+            .unwrap_or(http::HeaderValue::from_static("no-cache"));
+        Snapshot { repodata_cache_control: [value("public"), shared], config, policy, tokens }
     }
 }
 

@@ -115,9 +115,28 @@ struct Client<'a> {
 impl Client<'_> {
     /// Runs `rattler_client.py` for `spec` from `channel`, expecting `expect`; `name` picks the prefix and cache dirs.
     async fn run(&self, name: &str, channel: &str, spec: &str, headers: &[String], expect: &str) -> Run {
+        self.run_with(name, name, channel, spec, headers, &[], expect).await
+    }
+
+    /// [`Client::run`] with the cache of run `cache_name` (a later solve reuses an earlier one's cache) and extra
+    /// environment variables (`RATTLER_AUTH_FILE`, say).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_with(
+        &self,
+        name: &str,
+        cache_name: &str,
+        channel: &str,
+        spec: &str,
+        headers: &[String],
+        env: &[(&str, &Path)],
+        expect: &str,
+    ) -> Run {
         let prefix = self.scratch.sub(&format!("{name}-prefix"));
-        let cache = self.scratch.sub(&format!("{name}-cache"));
+        let cache = self.scratch.sub(&format!("{cache_name}-cache"));
         let mut cmd = tokio::process::Command::new(self.python);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.arg(e2e_dir().join("rattler_client.py"))
             .args(["--channel", channel, "--spec", spec, "--mode", self.mode, "--expect", expect])
             .arg("--prefix")
@@ -378,5 +397,71 @@ async fn public_channel_installs_anonymously() {
     let client = Client { python: &python, scratch: &scratch, mode: "sharded" };
     let r = client.run("g-anonymous", &proxy.url("/pubchan"), "world", &[], "success").await;
     r.assert_installed(&["hello", "world"]);
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Clients configured as pixi users configure them
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A rattler authentication file (what `pixi auth login` writes) with one entry for 127.0.0.1.
+fn auth_file(scratch: &Scratch, entry: serde_json::Value) -> PathBuf {
+    let path = scratch.sub("credentials.json");
+    std::fs::write(&path, serde_json::json!({ "127.0.0.1": entry }).to_string()).unwrap();
+    path
+}
+
+/// `pixi auth login HOST --conda-token T` under a base path: rattler puts `/t/<T>` right after the host, before the
+/// base path, and the solve and install must work from the plain channel URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conda_token_credential_works_under_a_base_path() {
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
+    let demo = Demo::with("[upstream]\ndir = \"channels\"", "base_path = \"/conda\"");
+    let bob = demo.token("bob-pixi", "bob", "conda:download");
+    let proxy = Proxy::start(demo.config()).await;
+    let scratch = Scratch::new();
+    let auth = auth_file(&scratch, serde_json::json!({ "CondaToken": bob }));
+    for mode in ["sharded", "zst"] {
+        let client = Client { python: &python, scratch: &scratch, mode };
+        let channel = proxy.url("/conda/mychan");
+        let name = format!("conda-token-{mode}");
+        let r = client.run_with(&name, &name, &channel, "alpha", &[], &[("RATTLER_AUTH_FILE", &auth)], "success").await;
+        r.assert_installed(&["alpha", "beta"]);
+        let leaked = files_mentioning(&r.cache, SECRET, &python);
+        assert!(leaked.is_empty(), "bob's cache mentions {SECRET}: {leaked:?}");
+    }
+    proxy.stop().await;
+}
+
+/// A second sharded solve of a private channel, past `max-age`, revalidates each subdir's shard index (304), as on a
+/// public channel, instead of downloading it again; a revoked token then fails the solve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_shard_indexes_are_revalidated_not_downloaded_again() {
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
+    let demo = Demo::with("[upstream]\ndir = \"channels\"", "repodata_max_age = \"1s\"");
+    let bob = demo.token("bob-shards", "bob", "conda:download");
+    let proxy = Proxy::start(demo.config()).await;
+    let scratch = Scratch::new();
+    let client = Client { python: &python, scratch: &scratch, mode: "sharded" };
+    let channel = proxy.url(&format!("/t/{bob}/mychan"));
+    let not_modified = || async {
+        metric(&get(&proxy.url("/metrics"), &[]).await.text(), "condagate_requests_total{class=\"3xx\"}").unwrap_or(0.0)
+    };
+    let first = client.run_with("shards-1", "shards", &channel, "alpha", &[], &[], "success").await;
+    first.assert_installed(&["alpha", "beta"]);
+    let before = not_modified().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = client.run_with("shards-2", "shards", &channel, "alpha", &[], &[], "success").await;
+    second.assert_installed(&["alpha", "beta"]);
+    let revalidated = not_modified().await - before;
+    assert!(revalidated >= 2.0, "the second solve got {revalidated} 304s; each subdir's shard index should be one");
+    eprintln!("second private sharded solve: {revalidated} answers 304");
+
+    let cfg = demo.config();
+    condagate::lifecycle::revoke(&cfg.tokens_file, "bob-shards", Some("bob"), time::OffsetDateTime::now_utc()).unwrap();
+    proxy.app.reload_tokens().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let third = client.run_with("shards-3", "shards", &channel, "alpha", &[], &[], "solve-failure").await;
+    third.assert_ok();
     proxy.stop().await;
 }
