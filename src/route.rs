@@ -597,6 +597,88 @@ mod tests {
         assert_eq!(parse("/condax/c/noarch/repodata.json", "/conda"), Err(RouteError::NotServed));
     }
 
+    /// A property, over many generated paths: whatever is accepted, the upstream URL built from it names, after the
+    /// upstream decodes it once more, exactly the checked segments: none is `..`, none holds a separator, a `%`, a
+    /// query or a fragment mark.
+    #[test]
+    fn accepted_paths_stay_inside_their_channel_after_one_more_decoding() {
+        const PARTS: [&str; 28] = [
+            "/",
+            "t",
+            "cg-abcdefghij",
+            "c",
+            "label",
+            "dev",
+            "main",
+            "noarch",
+            "linux-64",
+            "shards",
+            "repodata.json",
+            "alpha-1.0-0.conda",
+            "beta-1-0.tar.bz2",
+            "..",
+            ".",
+            "%2e",
+            "%2f",
+            "%2F",
+            "%25",
+            "%252F",
+            "%3f",
+            "%23",
+            "%5c",
+            "\\",
+            ";",
+            "%00",
+            "%c0%af",
+            "+!",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let (mut accepted, total) = (0, 200_000);
+        // Mostly well-shaped paths whose segments are now and then replaced by, or glued to, hostile fragments.
+        let shapes: [&[&str]; 4] = [
+            &["c", "noarch", "alpha-1.0-0.conda"],
+            &["t", "cg-abcdefghij", "c", "label", "dev", "linux-64", "repodata.json"],
+            &["c", "label", "main", "noarch", "beta-1-0.tar.bz2"],
+            &["t", "cg-abcdefghij", "c", "noarch", "alpha-1.0-0.conda"],
+        ];
+        for _ in 0..total {
+            let shape = shapes[next(shapes.len())];
+            let mut path = String::new();
+            for seg in shape {
+                path.push('/');
+                match next(10) {
+                    0 => path.push_str(PARTS[next(PARTS.len())]),
+                    1 => {
+                        path.push_str(seg);
+                        path.push_str(PARTS[next(PARTS.len())]);
+                    }
+                    2 => {
+                        path.push_str(PARTS[next(PARTS.len())]);
+                        path.push_str(seg);
+                    }
+                    _ => path.push_str(seg),
+                }
+            }
+            let Ok(Route::Channel(c)) = parse(&path, "") else { continue };
+            accepted += 1;
+            let url = crate::upstream::upstream_url("http://m/root", c.upstream_path());
+            let rel = url.strip_prefix("http://m/root/").unwrap();
+            let decoded = percent_encoding::percent_decode_str(rel).decode_utf8().unwrap();
+            assert_eq!(decoded, c.upstream_path(), "{path}");
+            for seg in decoded.split('/') {
+                assert!(seg != ".." && seg != "." && !seg.is_empty(), "{path} -> {decoded}");
+                assert_eq!(classes(seg) & NOT_CONDA, 0, "{path} -> {decoded}");
+            }
+        }
+        assert!(accepted > 100, "only {accepted} of {total} generated paths were accepted: the test proves little");
+    }
+
     #[test]
     fn a_token_may_come_before_the_base_path() {
         let c = match parse("/t/cg-abc/conda/c/label/dev/noarch/repodata.json", "/conda").unwrap() {

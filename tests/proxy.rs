@@ -962,6 +962,19 @@ async fn the_log_and_metrics_hold_no_token() {
         format!("/t/{malformed}/pubchan/noarch/repodata.json"),
         format!("/api/t/{misplaced}/x"),
         format!("/%74/{misplaced}/mychan/noarch/repodata.json"),
+        // Malformed shapes that a positional redaction missed: the token is found by its format.
+        format!("/t//{misplaced}/mychan/noarch/repodata.json"),
+        format!("/t/./{misplaced}/mychan/noarch/repodata.json"),
+        format!("/T/{misplaced}/mychan/noarch/repodata.json"),
+        format!("/t%2F{misplaced}/mychan/noarch/repodata.json"),
+        format!("/t%252F{misplaced}/mychan/noarch/repodata.json"),
+        format!("/t\\{misplaced}/mychan/noarch/repodata.json"),
+        format!("/x{misplaced}/mychan/noarch/repodata.json"),
+        format!("/mychan/noarch/{misplaced}.conda"),
+        format!("/mychan/noarch/a-1-0.conda%20{misplaced}"),
+        format!("/%63%67-{}/mychan", &misplaced[3..]),
+        format!("/t/%2e/{misplaced}/mychan"),
+        format!("/conda/T/{misplaced}"),
     ] {
         let (status, _) = raw_get(p.addr, path.as_bytes(), "").await;
         made += 1;
