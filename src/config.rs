@@ -1,4 +1,4 @@
-//! Configuration: a loosely typed [`RawConfig`] read by serde, then checked into the [`Config`] the server runs on.
+//! Configuration: a loosely typed `RawConfig` read by serde, then checked into the [`Config`] the server runs on.
 //!
 //! Checking collects every problem instead of stopping at the first, and each problem names the key that holds it
 //! (`channels[1].access: "publik" is not one of public, authenticated, private`). Relative paths are resolved against
