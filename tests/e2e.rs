@@ -465,3 +465,103 @@ async fn private_shard_indexes_are_revalidated_not_downloaded_again() {
     third.assert_ok();
     proxy.stop().await;
 }
+
+/// Every kind of stored credential rattler reads from `RATTLER_AUTH_FILE`, with and without a base path, on the
+/// plain channel URL: installs what the token may see, cannot solve what it may not, and a wrong token fails with 401
+/// (never an anonymous downgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_credential_kind_works_with_and_without_a_base_path() {
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
+    for base in ["", "/conda"] {
+        let extra = if base.is_empty() { String::new() } else { format!("base_path = \"{base}\"") };
+        let demo = Demo::with("[upstream]\ndir = \"channels\"", &extra);
+        let bob = demo.token("bob-auth", "bob", "conda:download");
+        let wrong = "cg-ThisTokenWasNeverIssued0123456".to_owned();
+        let proxy = Proxy::start(demo.config()).await;
+        let scratch = Scratch::new();
+        let client = Client { python: &python, scratch: &scratch, mode: "sharded" };
+        let channel = proxy.url(&format!("{base}/mychan"));
+        type Entry = fn(&str) -> serde_json::Value;
+        let kinds: [(&str, Entry); 3] = [
+            ("CondaToken", |t| serde_json::json!({ "CondaToken": t })),
+            ("BearerToken", |t| serde_json::json!({ "BearerToken": t })),
+            ("BasicHTTP", |t| serde_json::json!({ "BasicHTTP": { "username": "bob", "password": t } })),
+        ];
+        for (kind, entry) in kinds {
+            let name = format!("{kind}{}", base.replace('/', "-"));
+            let auth = auth_file(&scratch, entry(&bob));
+            let env = [("RATTLER_AUTH_FILE", auth.as_path())];
+            let r = client.run_with(&name, &name, &channel, "alpha", &[], &env, "success").await;
+            r.assert_installed(&["alpha", "beta"]);
+            let hidden = format!("{name}-hidden");
+            let r = client.run_with(&hidden, &hidden, &channel, SECRET, &[], &env, "solve-failure").await;
+            r.assert_ok();
+            let auth = auth_file(&scratch, entry(&wrong));
+            let env = [("RATTLER_AUTH_FILE", auth.as_path())];
+            let bad = format!("{name}-wrong");
+            let r = client.run_with(&bad, &bad, &channel, "alpha", &[], &env, "solve-failure").await;
+            r.assert_ok();
+            assert!(r.stderr.contains("401") || r.field("error").contains("401"), "{kind}: no 401 in\n{}", r.context());
+        }
+        proxy.stop().await;
+    }
+}
+
+/// rattler matches stored credentials by host name only: a key with the port never matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_credentials_match_the_host_without_its_port() {
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
+    let demo = Demo::new();
+    let bob = demo.token("bob-host", "bob", "conda:download");
+    let proxy = Proxy::start(demo.config()).await;
+    let scratch = Scratch::new();
+    let client = Client { python: &python, scratch: &scratch, mode: "sharded" };
+    let path = scratch.sub("with-port.json");
+    let key = format!("127.0.0.1:{}", proxy.addr.port());
+    std::fs::write(&path, serde_json::json!({ key: { "CondaToken": bob } }).to_string()).unwrap();
+    let env = [("RATTLER_AUTH_FILE", path.as_path())];
+    let r = client.run_with("host-port", "host-port", &proxy.url("/mychan"), "alpha", &[], &env, "solve-failure").await;
+    r.assert_ok();
+    proxy.stop().await;
+}
+
+/// conda's lazy metadata reader (conda-package-streaming) reads `info/index.json` of a `.conda` by HTTP Range
+/// through a token URL; a hidden package answers 404 there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conda_package_streaming_reads_metadata_by_range_through_a_token_url() {
+    let Some(python) = venv::python(venv::PACKAGE_STREAMING).await else { return };
+    let demo = Demo::new();
+    let bob = demo.token("bob-cps", "bob", "conda:download");
+    let proxy = Proxy::start(demo.config()).await;
+    let script = r#"
+import json, sys
+from conda_package_streaming.url import stream_conda_info
+try:
+    for tar, member in stream_conda_info(sys.argv[1]):
+        if member.name == "info/index.json":
+            print(json.dumps({"ok": True, "index": json.load(tar.extractfile(member))}))
+            break
+    else:
+        print(json.dumps({"ok": False, "error": "no info/index.json"}))
+except Exception as e:
+    response = getattr(e, "response", None)
+    print(json.dumps({"ok": False, "status": getattr(response, "status_code", None), "error": repr(e)}))
+"#;
+    let base = proxy.url(&format!("/t/{bob}/mychan/noarch"));
+    let read = move |file: &str| {
+        let url = format!("{base}/{file}");
+        let out = Command::new(&python).args(["-c", script, &url]).env("NO_PROXY", "127.0.0.1").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let last = stdout.lines().last().unwrap_or_default().to_owned();
+        serde_json::from_str::<serde_json::Value>(&last)
+            .unwrap_or_else(|_| panic!("no JSON from the reader: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let ok = tokio::task::spawn_blocking(move || (read("beta-utils-1.0-0.conda"), read("secretpkg-1.0-0.conda")));
+    let (visible, hidden) = ok.await.unwrap();
+    // The reader starts with `Range: bytes=-10240` and gives up ("range request is not supported") on anything but
+    // a 206: success means the metadata came by Range.
+    assert_eq!(visible["ok"], true, "{visible}");
+    assert_eq!(visible["index"]["name"], "beta-utils", "{visible}");
+    assert_eq!((hidden["ok"].as_bool(), hidden["status"].as_u64()), (Some(false), Some(404)), "{hidden}");
+    proxy.stop().await;
+}

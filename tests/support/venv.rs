@@ -142,3 +142,7 @@ pub const RATTLER: PyEnv =
 /// The `anaconda` CLI.
 pub const ANACONDA_CLIENT: PyEnv =
     PyEnv { name: "anaconda-venv", requirements: "anaconda-client==1.16.0\n", module: "binstar_client" };
+
+/// conda-package-streaming, the library conda uses to read a package's metadata by HTTP Range.
+pub const PACKAGE_STREAMING: PyEnv =
+    PyEnv { name: "cps-venv", requirements: "conda-package-streaming==0.13.0\n", module: "conda_package_streaming" };
