@@ -192,6 +192,14 @@ async fn route(
         }
         _ => {}
     }
+    // A page on another site can make a browser send these content types without asking first (CORS "simple"
+    // requests); refused before anything else, so no state changes and no token is checked for them.
+    if method != Method::GET && method != Method::HEAD && browser_sendable(req.headers()) {
+        return Err(err(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json (text/plain and form bodies are refused)",
+        ));
+    }
     let who = identify(app, snap, &req, peer)?;
     *who_out = Some(Arc::clone(&who));
     let now = OffsetDateTime::now_utc();
@@ -218,7 +226,7 @@ async fn route(
                 .tokens
                 .records()
                 .iter()
-                .filter(|r| r.user == who.user && r.revoked.is_none())
+                .filter(|r| r.user == who.user && r.revoked.is_none() && within_reach(&who, r))
                 .map(|r| token_json(r, now))
                 .collect();
             Ok((StatusCode::OK, Value::Array(list)))
@@ -230,6 +238,18 @@ async fn route(
         }
         (&Method::DELETE, ["authentications", "name", name]) => {
             need(&who, Scope::ApiWrite)?;
+            // A token narrowed to some channels cannot revoke a token that reaches further.
+            let broader = snap
+                .tokens
+                .records()
+                .iter()
+                .any(|r| r.user == who.user && *r.name == **name && r.revoked.is_none() && !within_reach(&who, r));
+            if broader {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    format!("the token {name:?} reaches channels this token does not"),
+                ));
+            }
             // With the user given, the only refusal is "no such token": 404, and no hint whether another user has one.
             let r = lifecycle::revoke(&config.tokens_file, name, Some(&who.user), now).map_err(|e| match e {
                 StoreError::Refused(m) => err(StatusCode::NOT_FOUND, m),
@@ -240,11 +260,13 @@ async fn route(
         }
         (&Method::GET, ["channels"]) => {
             need(&who, Scope::ApiRead)?;
-            Ok((StatusCode::OK, channels_json(config, &who.user)))
+            Ok((StatusCode::OK, channels_json(config, &who)))
         }
         (&Method::GET, ["downloads"]) => {
             need(&who, Scope::ApiRead)?;
-            let owned = |c: &str| config.channel(c).is_some_and(|c| c.owners.iter().any(|o| **o == *who.user));
+            let owned = |c: &str| {
+                who.reaches_channel(c) && config.channel(c).is_some_and(|c| c.owners.iter().any(|o| **o == *who.user))
+            };
             let list: Vec<Value> = app
                 .metrics
                 .downloads(owned)
@@ -265,6 +287,9 @@ async fn route(
             if *m == Method::PUT || *m == Method::DELETE =>
         {
             need(&who, Scope::ApiModifyGroup)?;
+            if !who.reaches_channel(channel) {
+                return Err(err(StatusCode::FORBIDDEN, format!("this token does not reach channel {channel:?}")));
+            }
             let owner = config.channel(channel).is_some_and(|c| c.owners.iter().any(|o| **o == *who.user));
             if !owner {
                 return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
@@ -312,21 +337,52 @@ fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: Offs
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty())
         .ok_or_else(|| err(StatusCode::BAD_REQUEST, "a token name (note) is required"))?;
-    let max_age = body.get("max-age").or_else(|| body.get("max_age")).and_then(|v| match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    });
-    let expires = match max_age {
-        Some(secs) if secs > 0 => Some(now + time::Duration::seconds(secs)),
-        Some(_) => return Err(err(StatusCode::BAD_REQUEST, "max-age must be a positive number of seconds")),
-        None => Some(now + lifecycle::DEFAULT_LIFETIME),
+    let max_age = match body.get("max-age").or_else(|| body.get("max_age")) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(secs) if (1..=MAX_AGE_LIMIT).contains(&secs) => Some(secs),
+            _ => return Err(max_age_problem(n)),
+        },
+        Some(other) => return Err(max_age_problem(other)),
     };
-    let channels = body
-        .get("channels")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect::<Vec<_>>())
-        .or_else(|| who.channels.clone());
+    // Never later than the creating token's own expiry: asked for explicitly, that is refused; by default, the new
+    // token's year is cut to it.
+    let default = now + lifecycle::DEFAULT_LIFETIME;
+    let expires = match (max_age, who.expires) {
+        (Some(secs), Some(mine)) if now + time::Duration::seconds(secs as i64) > mine => {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                format!("this token expires at {}; it cannot create a token that outlives it", format_time(mine)),
+            ));
+        }
+        (Some(secs), _) => now + time::Duration::seconds(secs as i64),
+        (None, Some(mine)) => default.min(mine),
+        (None, None) => default,
+    };
+    let expires = Some(expires);
+    let asked = match body.get("channels") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|c| c.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| err(StatusCode::BAD_REQUEST, "channels must be a list of channel names"))?,
+        ),
+        Some(_) => return Err(err(StatusCode::BAD_REQUEST, "channels must be a list of channel names")),
+    };
+    let channels = match (asked, &who.channels) {
+        (Some(asked), Some(mine)) => {
+            if let Some(c) = asked.iter().find(|c| !mine.contains(c)) {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    format!("this token reaches only {mine:?}; it cannot create a token for channel {c:?}"),
+                ));
+            }
+            Some(asked)
+        }
+        (Some(asked), None) => Some(asked),
+        (None, mine) => mine.clone(),
+    };
     let new = NewToken { name: name.to_owned(), user: who.user.to_string(), scopes, expires, channels };
     let (token, record) = lifecycle::create(config, new, now)?;
     reload_tokens(app);
@@ -335,11 +391,40 @@ fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: Offs
     Ok((StatusCode::OK, v))
 }
 
-fn channels_json(config: &Config, user: &str) -> Value {
+/// The longest `max-age` a token may be created with: ten years, in seconds.
+pub const MAX_AGE_LIMIT: u64 = 10 * 366 * 24 * 3600;
+
+fn max_age_problem(v: impl std::fmt::Display) -> ApiError {
+    err(
+        StatusCode::BAD_REQUEST,
+        format!("max-age: {v} is not a whole number of seconds between 1 and {MAX_AGE_LIMIT} (ten years)"),
+    )
+}
+
+/// Whether `content-type` is one a browser sends cross-site without a preflight.
+fn browser_sendable(headers: &http::HeaderMap) -> bool {
+    let Some(v) = headers.get(http::header::CONTENT_TYPE) else { return false };
+    let media = String::from_utf8_lossy(v.as_bytes());
+    let media = media.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    matches!(media.as_str(), "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data")
+}
+
+/// Whether everything `other` reaches, `who` reaches too: a token narrowed to some channels only sees and acts on
+/// tokens narrowed within them.
+fn within_reach(who: &TokenRecord, other: &TokenRecord) -> bool {
+    match (&who.channels, &other.channels) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(mine), Some(theirs)) => theirs.iter().all(|c| mine.contains(c)),
+    }
+}
+
+fn channels_json(config: &Config, who: &TokenRecord) -> Value {
+    let user = &*who.user;
     let list: Vec<Value> = config
         .channels
         .iter()
-        .filter(|c| c.owners.iter().any(|o| o == user))
+        .filter(|c| c.owners.iter().any(|o| o == user) && who.reaches_channel(&c.name))
         .map(|c| {
             let groups: Vec<Value> = config
                 .groups

@@ -89,6 +89,9 @@ pub struct App {
     /// What is known of each channel's upstream.
     pub health: Arc<UpstreamHealth>,
     updates: Mutex<ReloadStatus>,
+    /// Test support: a request for exactly this path panics in its handler (see [`App::set_panic_path`]).
+    #[doc(hidden)]
+    pub panic_path: std::sync::OnceLock<String>,
     tokens_read_hook: Mutex<Option<Hook>>,
 }
 
@@ -117,6 +120,7 @@ impl App {
             tls,
             health: Arc::default(),
             updates: Mutex::new(status),
+            panic_path: std::sync::OnceLock::new(),
             tokens_read_hook: Mutex::new(None),
         })
     }
@@ -148,6 +152,12 @@ impl App {
         let all: Vec<&str> =
             [&s.config_error, &s.tokens_error, &s.tls_error].into_iter().filter_map(|e| e.as_deref()).collect();
         (!all.is_empty()).then(|| all.join("; "))
+    }
+
+    /// Test support: a request for exactly `path` panics in its handler, to show that a panic still gets an answer.
+    #[doc(hidden)]
+    pub fn set_panic_path(&self, path: &str) {
+        let _ = self.panic_path.set(path.to_owned());
     }
 
     /// Test support: `hook` runs in every tokens reload after the file is read and before it is put in force.

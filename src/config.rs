@@ -748,6 +748,11 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
             }
         };
         if let Some(source) = src {
+            for (j, o) in c.owners.iter().enumerate() {
+                if let Some(why) = crate::store::name_problem(o) {
+                    p.add(format!("{key}.owners[{j}]"), format!("{o:?} {why}"));
+                }
+            }
             channels.push(Channel { name: c.name.clone(), access, owners: c.owners.clone(), source });
         }
     }
@@ -771,6 +776,14 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
             p.add(format!("{key}.packages"), e);
             Packages::new(&[]).expect("an empty glob set always builds")
         });
+        if let Some(why) = crate::store::name_problem(&g.name) {
+            p.add(format!("{key}.name"), format!("{:?} {why}", g.name));
+        }
+        for (j, m) in g.members.iter().enumerate() {
+            if let Some(why) = crate::store::name_problem(m) {
+                p.add(format!("{key}.members[{j}]"), format!("{m:?} {why}"));
+            }
+        }
         if let Some(labels) = &g.labels {
             for l in labels.iter().filter(|l| !valid_segment_name(l)) {
                 p.add(format!("{key}.labels"), format!("{l:?} is not a usable label name"));

@@ -40,11 +40,11 @@ pub fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, StoreError> {
 
 /// Creates a token: checks the request, stores the digest, and returns the secret (to be shown once) and record.
 pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(Token, TokenRecord), StoreError> {
-    if !store::valid_name(&new.name) {
-        return Err(StoreError::Refused(format!("{:?} is not a usable token name", new.name)));
+    if let Some(why) = store::name_problem(&new.name) {
+        return Err(StoreError::Refused(format!("the token name {:?} {why}", new.name)));
     }
-    if !store::valid_name(&new.user) {
-        return Err(StoreError::Refused(format!("{:?} is not a usable user name", new.user)));
+    if let Some(why) = store::name_problem(&new.user) {
+        return Err(StoreError::Refused(format!("the user name {:?} {why}", new.user)));
     }
     let scopes = parse_scopes(&new.scopes)?;
     if let Some(chs) = &new.channels {

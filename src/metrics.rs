@@ -50,6 +50,7 @@ pub struct Metrics {
     upstream_errors: AtomicU64,
     refusals: [AtomicU64; REFUSALS.len()],
     throttled: AtomicU64,
+    panics: AtomicU64,
     /// Completed package downloads per (channel, package): for the admin API, never a metric label. Bounded by
     /// the packages that exist, since only served files are counted.
     downloads: DashMap<(String, String), u64>,
@@ -156,6 +157,12 @@ impl Metrics {
     }
 
     /// Counts an address starting a cool-down.
+    /// Counts a request whose handler panicked (answered 500).
+    pub fn panicked(&self) {
+        self.panics.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a cool-down started.
     pub fn throttled(&self) {
         self.throttled.fetch_add(1, Relaxed);
     }
@@ -192,6 +199,8 @@ impl Metrics {
         for (r, c) in REFUSALS.iter().zip(&self.refusals) {
             let _ = writeln!(s, "condagate_auth_refusals_total{{reason=\"{r}\"}} {}", c.load(Relaxed));
         }
+        let _ = writeln!(s, "# TYPE condagate_panics_total counter");
+        let _ = writeln!(s, "condagate_panics_total {}", self.panics.load(Relaxed));
         let _ = writeln!(s, "# TYPE condagate_throttled_total counter");
         let _ = writeln!(s, "condagate_throttled_total {}", self.throttled.load(Relaxed));
         let _ = writeln!(s, "# TYPE condagate_throttled_addresses gauge");

@@ -246,6 +246,9 @@ async fn dispatch(
     out.client = Some(client);
     // Throttling and the admin API see the client, not a proxy in front of it.
     let peer = SocketAddr::new(client, peer.port());
+    if app.panic_path.get().is_some_and(|p| p == req.uri().path()) {
+        panic!("test hook: a panic in a request handler");
+    }
     let route = route::parse(req.uri().path(), &snap.config.server.base_path).map_err(|e| match e {
         RouteError::BadPath => Error::BadPath,
         RouteError::NotServed => Error::NotFound,
@@ -333,12 +336,19 @@ pub async fn handle(
     let path = route::Redacted(req.uri().path());
     let span = tracing::info_span!("request", method = %req.method(), %path, peer = %peer.ip());
     let mut out = Outcome::default();
+    // A panic in a handler, if one ever happens, still answers 500 and is counted, instead of dropping the
+    // connection without a word.
+    let guarded = |fut| futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut));
     let result = if span.is_disabled() {
         // Logging off: no span to enter on every poll, and one move of the request future less.
-        dispatch(app, &snap, req, peer, started, &mut out).await
+        guarded(dispatch(app, &snap, req, peer, started, &mut out)).await
     } else {
-        dispatch(app, &snap, req, peer, started, &mut out).instrument(span.clone()).await
+        guarded(dispatch(app, &snap, req, peer, started, &mut out)).instrument(span.clone()).await
     };
+    let result = result.unwrap_or_else(|_| {
+        app.metrics.panicked();
+        Err(Error::Internal("a request handler panicked".into()))
+    });
     if let Some(path) = &out.path {
         match &result {
             Err(e) if e.blame() == Blame::Upstream => app.health.record(path.channel(), Err(e.to_string())),
