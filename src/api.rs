@@ -312,6 +312,24 @@ fn reload_tokens(app: &App) {
 }
 
 fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: OffsetDateTime) -> Answer {
+    let new = new_token_from_body(who, body, now)?;
+    let (token, record) = lifecycle::create(config, new, now)?;
+    reload_tokens(app);
+    let mut v = token_json(&record, now);
+    v["token"] = Value::from(token.reveal());
+    Ok((StatusCode::OK, v))
+}
+
+impl ApiError {
+    /// The status this refusal is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+/// What a `POST /api/authentications` body asks for, checked against the creating token `who`: scopes, channels and
+/// expiry within its reach, `max-age` in range. Pure, so it can be fuzzed; the names are checked when stored.
+pub fn new_token_from_body(who: &TokenRecord, body: &Value, now: OffsetDateTime) -> Result<NewToken, ApiError> {
     let scopes: Vec<String> = match body.get("scopes") {
         Some(Value::Array(a)) => {
             a.iter().filter_map(|v| v.as_str()).flat_map(|s| s.split_whitespace()).map(str::to_owned).collect()
@@ -383,12 +401,7 @@ fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: Offs
         (Some(asked), None) => Some(asked),
         (None, mine) => mine.clone(),
     };
-    let new = NewToken { name: name.to_owned(), user: who.user.to_string(), scopes, expires, channels };
-    let (token, record) = lifecycle::create(config, new, now)?;
-    reload_tokens(app);
-    let mut v = token_json(&record, now);
-    v["token"] = Value::from(token.reveal());
-    Ok((StatusCode::OK, v))
+    Ok(NewToken { name: name.to_owned(), user: who.user.to_string(), scopes, expires, channels })
 }
 
 /// The longest `max-age` a token may be created with: ten years, in seconds.

@@ -464,7 +464,9 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
 /// Bytes outside printable ASCII, and `%`, are written percent-encoded, so a log line cannot be broken or made to lie
 /// by what a client sends. Over-redacting a path that merely has a `t` segment is the safe mistake.
 pub fn redact_path(path: &str) -> String {
-    let mut bytes = path.as_bytes().to_vec();
+    // Token-shaped runs are taken out of the raw text first too, so that an escape next to one (`%6` before
+    // `cg-…`) cannot change its prefix when the path is decoded.
+    let mut bytes = without_token_runs(path.as_bytes());
     for _ in 0..4 {
         let decoded: Vec<u8> = percent_encoding::percent_decode(&bytes).collect();
         if decoded == bytes {
@@ -498,18 +500,40 @@ pub fn redact_path(path: &str) -> String {
     out
 }
 
+/// `raw` with every `cg-` token-shaped run replaced by `<redacted>`.
+fn without_token_runs(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if let Some(run) = token_run_at(&raw[i..]) {
+            out.extend_from_slice(b"<redacted>");
+            i += run;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The length of the token-shaped run (`cg-` and at least eight letters or digits) at the start of `s`, if any.
+fn token_run_at(s: &[u8]) -> Option<usize> {
+    if s.len() < 3 || !s[..3].eq_ignore_ascii_case(crate::token::TOKEN_PREFIX.as_bytes()) {
+        return None;
+    }
+    let run = s[3..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+    (run >= 8).then_some(3 + run)
+}
+
 /// Appends `name`, escaped for a log line, with every `cg-` token-shaped run replaced by `<redacted>`.
 fn push_redacting_runs(out: &mut String, name: &[u8]) {
     use std::fmt::Write;
     let mut i = 0;
     while i < name.len() {
-        if name[i..].len() >= 3 && name[i..i + 3].eq_ignore_ascii_case(crate::token::TOKEN_PREFIX.as_bytes()) {
-            let run = name[i + 3..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
-            if run >= 8 {
-                out.push_str("<redacted>");
-                i += 3 + run;
-                continue;
-            }
+        if let Some(run) = token_run_at(&name[i..]) {
+            out.push_str("<redacted>");
+            i += run;
+            continue;
         }
         let b = name[i];
         if b.is_ascii_graphic() && b != b'%' {

@@ -328,7 +328,8 @@ fn parse_canonical_part(text: &str) -> Option<Vec<TokenRecord>> {
     Some(out)
 }
 
-fn parse(path: &Path, text: &str) -> Result<Vec<TokenRecord>, StoreError> {
+/// Reads the text of a tokens file (`path` only names it in errors).
+pub fn parse(path: &Path, text: &str) -> Result<Vec<TokenRecord>, StoreError> {
     let records = match parse_canonical(text) {
         Some(records) => records,
         None => {
