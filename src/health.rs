@@ -1,6 +1,7 @@
 //! What condagate knows about each channel's upstream: learned from real traffic and from one background probe per
 //! upstream per interval, never from a health check itself. A dead mirror of one channel shows here, in `/healthz`
-//! and in `/metrics`; it does not make the whole replica unready.
+//! and in `/metrics` (and is logged when it changes, so `serve` warns at start about each upstream it cannot reach);
+//! it does not make the whole replica unready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,12 @@ impl UpstreamHealth {
         let up = result.is_ok();
         if result.is_ok() && self.states.get(channel).is_some_and(|s| s.up) {
             return;
+        }
+        let was_up = self.states.get(channel).map(|s| s.up);
+        match (&result, was_up) {
+            (Err(e), None | Some(true)) => tracing::warn!(channel, error = %e, "upstream unreachable"),
+            (Ok(()), Some(false)) => tracing::info!(channel, "upstream reachable again"),
+            _ => {}
         }
         let state = UpstreamState { up, error: result.err(), at: SystemTime::now() };
         self.states.insert(channel.to_owned(), state);

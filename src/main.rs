@@ -62,6 +62,30 @@ enum Command {
     },
 }
 
+/// What a configuration that passed its checks still cannot serve with, found without serving: upstream folders
+/// that are not there, and TLS files that are missing or do not hold a certificate and key.
+fn files_problems(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, ch) in c.channels.iter().enumerate() {
+        if let condagate::config::Source::Dir(root) = &ch.source {
+            if !root.is_dir() {
+                out.push(format!(
+                    "channels[{i}] ({}): the upstream folder {} does not exist (upstream.dir, or the channel's own \
+                     upstream.dir); every file would be a 404",
+                    ch.name,
+                    root.display()
+                ));
+            }
+        }
+    }
+    if let Some(tls) = &c.server.tls {
+        if let Err(e) = condagate::tls::CertStore::new(&tls.cert, &tls.key) {
+            out.push(format!("server.tls: {e}"));
+        }
+    }
+    out
+}
+
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token and print it (once) as the last line.
@@ -299,13 +323,23 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(serve(&config, listen))),
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
+        Command::CheckConfig { config } => match Config::load(&config).map(|c| {
+            let problems = files_problems(&c);
+            (c, problems)
+        }) {
+            Ok((c, problems)) if problems.is_empty() => {
                 println!("{}: ok ({} channels, {} groups)", config.display(), c.channels.len(), c.groups.len());
                 Ok(())
             }
+            Ok((_, problems)) => {
+                eprintln!("error: {} problem(s) in {}:", problems.len(), config.display());
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                return ExitCode::from(2);
+            }
             Err(e) => {
-                eprint!("{e}");
+                eprint!("error: {e}");
                 return ExitCode::from(2);
             }
         },

@@ -388,6 +388,23 @@ packages = ["[oops"]
     assert!(!o.status.success() && stderr(&o).contains("listen_addr"), "{}", show(&o));
     let o = cli(&demo.path().join("missing.toml"), &["check-config"]);
     assert!(!o.status.success() && stderr(&o).contains("cannot read the file"), "{}", show(&o));
+
+    // What cannot serve, though every key is valid: a missing upstream folder, missing or non-PEM TLS files.
+    let text = std::fs::read_to_string(demo.config_path()).unwrap();
+    let broken = text.replace("dir = \"channels\"", "dir = \"no-such-folder\"").replace(
+        "[server]\nlisten = \"127.0.0.1:0\"",
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
+    );
+    assert!(broken.contains("no-such-folder") && broken.contains("cert.pem"), "the edit did not apply");
+    std::fs::write(&bad, broken).unwrap();
+    std::fs::write(demo.path().join("cert.pem"), "not a certificate").unwrap();
+    let o = cli(&bad, &["check-config"]);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.starts_with("error: "), "{}", show(&o));
+    for want in ["channels[0] (mychan): the upstream folder", "no-such-folder", "server.tls"] {
+        assert!(err.contains(want), "check-config does not report {want:?}\n{}", show(&o));
+    }
 }
 
 #[test]
