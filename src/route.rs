@@ -516,13 +516,22 @@ fn without_token_runs(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The length of the token-shaped run (`cg-` and at least eight letters or digits) at the start of `s`, if any.
+/// The length of the token-shaped run (`cg-` and at least eight letters or digits) at the start of `s`, if any. A
+/// run whose letters end in `cg` right before another token's `-` is glued to that token (`cg-abcdefgcg-<T>`): both
+/// are taken.
 fn token_run_at(s: &[u8]) -> Option<usize> {
-    if s.len() < 3 || !s[..3].eq_ignore_ascii_case(crate::token::TOKEN_PREFIX.as_bytes()) {
-        return None;
+    fn one(s: &[u8]) -> Option<usize> {
+        if s.len() < 3 || !s[..3].eq_ignore_ascii_case(crate::token::TOKEN_PREFIX.as_bytes()) {
+            return None;
+        }
+        let run = s[3..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+        (run >= 8).then_some(3 + run)
     }
-    let run = s[3..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
-    (run >= 8).then_some(3 + run)
+    let mut end = one(s)?;
+    while let Some(more) = one(&s[end - 2..]) {
+        end += more - 2;
+    }
+    Some(end)
 }
 
 /// Appends `name`, escaped for a log line, with every `cg-` token-shaped run replaced by `<redacted>`.
@@ -824,6 +833,8 @@ mod tests {
             format!("/x/{t}/c"),
             format!("/x{t}y/c"),
             format!("/x/%63%67-{}/c", &t[3..]),
+            format!("/cocg-xababacg-{}", &t[3..]),
+            format!("/cg-abcdefghcg-{}", &t[3..]),
             "/t/imported-token-x/c".to_owned(),
             "/%54/imported-token-x/c".to_owned(),
         ];
