@@ -3,7 +3,7 @@
 //!
 //! The Python environment is prepared on first use in `target/e2e-venv` by `support::venv` (pinned in
 //! `tests/e2e/requirements.txt`). Without `python3` these tests fail, unless `CONDAGATE_SKIP_E2E=1` is set: then each
-//! prints `SKIPPED: CONDAGATE_SKIP_E2E=1` and passes.
+//! reports itself skipped (`support::report_skip`), and `scripts/test` lists it as skipped after cargo's summary.
 //!
 //! Demo permissions (see `support::demo_config_text`): `mychan` is private, owned by alice; group `eng` (bob, carol)
 //! gets `alpha`, `beta*`; group `dev-testers` (dave) gets `alpha`, `beta` on label `dev` only. `pubchan` is public.

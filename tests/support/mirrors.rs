@@ -38,7 +38,7 @@ fn required(binary: &str, install: &str) -> Option<PathBuf> {
         .map(|d| d.join(binary))
         .find(|p| p.is_file());
     if std::env::var("CONDAGATE_SKIP_MIRRORS").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: CONDAGATE_SKIP_MIRRORS=1 (this test needs {binary})");
+        super::report_skip(&format!("CONDAGATE_SKIP_MIRRORS=1 (this test needs {binary})"));
         return None;
     }
     Some(found.unwrap_or_else(|| {

@@ -35,6 +35,21 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+/// Records that the running test is skipped, and why: printed on stderr, and appended to `target/skipped-tests.txt`,
+/// which `scripts/test` empties before `cargo test` and prints after it, since cargo itself counts a test that
+/// returns early as passed.
+pub fn report_skip(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    eprintln!("SKIPPED: {test}: {why}");
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map(Path::to_path_buf);
+    if let Some(file) = target.map(|t| t.join("skipped-tests.txt")) {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+            let _ = writeln!(f, "{} {test}: {why}", env!("CARGO_CRATE_NAME"));
+        }
+    }
+}
+
 /// The shipped demo channels.
 pub fn shipped_channels() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/channels")

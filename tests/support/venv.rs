@@ -33,7 +33,7 @@ fn target_dir() -> PathBuf {
 /// prepared.
 pub async fn python(env: PyEnv) -> Option<PathBuf> {
     if std::env::var("CONDAGATE_SKIP_E2E").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: CONDAGATE_SKIP_E2E=1");
+        super::report_skip("CONDAGATE_SKIP_E2E=1 (this test needs a Python client)");
         return None;
     }
     static READY: Mutex<Option<HashMap<&'static str, Result<PathBuf, String>>>> = Mutex::new(None);
