@@ -32,12 +32,12 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::app::{App, Snapshot};
+use crate::auth::{check_token, header_token};
 use crate::body::{full, Body};
 use crate::config::Config;
 use crate::error::Error;
 use crate::lifecycle::{self, NewToken};
 use crate::policy::{self, Denied};
-use crate::server::{check_token, header_token};
 use crate::store::{format_time, StoreError};
 use crate::token::{Scope, TokenRecord};
 

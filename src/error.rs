@@ -148,7 +148,7 @@ impl Error {
                 Denied::NotAllowed => "The token's user may not read this channel or label.".to_owned(),
             },
             Error::BadPath => "The request path is malformed.".to_owned(),
-            Error::UriTooLong => format!("The request target is longer than {} bytes.", crate::server::MAX_URI),
+            Error::UriTooLong => format!("The request target is longer than {} bytes.", crate::route::MAX_URI),
             Error::NotFound => "No such file.".to_owned(),
             Error::MethodNotAllowed(allow) => format!("Only {allow} are allowed here."),
             Error::RangeNotSatisfiable { size } => format!("The requested range is outside the file ({size} bytes)."),

@@ -5,7 +5,7 @@
 //! | stage | module | what it does |
 //! |---|---|---|
 //! | route | [`route`] | decodes the path: token, channel, label, subdir, file kind; refuses anything else |
-//! | credentials | [`server::header_token`], [`token`], [`store`] | finds the token (path or header) and its record by digest |
+//! | credentials | [`auth::header_token`], [`auth::check_token`], [`token`], [`store`] | finds the token (path or header) and its record by digest |
 //! | authorize | [`policy`] | scope, expiry, revocation, channel access, group → package grants per label |
 //! | view | [`view`], [`filter`] | the repodata a token may see: filtered JSON, zst and shard index, cached and shared |
 //! | upstream | [`upstream`], [`conditional`] | streams the file from a local folder or an HTTP mirror |
@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod body;
 mod clock;
 pub mod conditional;

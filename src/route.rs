@@ -18,6 +18,9 @@ use std::ops::Range;
 
 use crate::token::{hex_digit, Digest, MalformedToken, Token};
 
+/// Longest request target (path and query) condagate reads; longer ones get 414.
+pub const MAX_URI: usize = 8192;
+
 /// Why a path is refused before any authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteError {

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, VARY};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, VARY};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,39 +21,15 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::app::{App, Snapshot};
+use crate::auth::{check_token, client_ip, header_token};
 use crate::body::{full, Body, BoxError};
-use crate::config::{Access, Config, IpNet};
+use crate::config::{Access, Config};
 use crate::conn::{self, Activity, InFlight, Protocols};
 use crate::error::{Blame, Error};
 use crate::lanes::Lanes;
-use crate::policy::{Denied, Policy, View};
+use crate::policy::{Denied, View};
 use crate::route::{self, ChannelPath, FileKind, Route, RouteError};
-use crate::token::{Digest, Token, TokenRecord};
-
-/// Longest request target (path and query) condagate reads; longer ones get 414.
-pub const MAX_URI: usize = 8192;
-
-/// The client's address: the peer, or, when the peer is a trusted proxy, the last `X-Forwarded-For` hop that is not.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    if !trusted.iter().any(|n| n.contains(peer)) {
-        return peer;
-    }
-    let hops: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map_while(|h| h.trim().parse::<IpAddr>().ok())
-        .collect();
-    let mut ip = peer;
-    for hop in hops.iter().rev() {
-        ip = *hop;
-        if !trusted.iter().any(|n| n.contains(ip)) {
-            break;
-        }
-    }
-    ip
-}
+use crate::token::TokenRecord;
 
 /// What the access log line of a request says beyond the basics, filled in as the request goes through the stages.
 #[derive(Debug, Default)]
@@ -67,27 +42,6 @@ struct Outcome {
     reason: Option<&'static str>,
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
-}
-
-/// Reads the token from the `Authorization` header: `Bearer <T>`, `token <T>`, or `Basic` with the token as the
-/// password (any user name).
-pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let value = value.to_str().map_err(|_| Denied::Malformed)?;
-    let (scheme, rest) = value.trim().split_once(' ').ok_or(Denied::Malformed)?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
-        return Token::parse(rest).map(Some).map_err(|_| Denied::Malformed);
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| Denied::Malformed)?;
-        let text = std::str::from_utf8(&decoded).map_err(|_| Denied::Malformed)?;
-        let (_, password) = text.split_once(':').ok_or(Denied::Malformed)?;
-        return Token::parse(password).map(Some).map_err(|_| Denied::Malformed);
-    }
-    Err(Denied::Malformed)
 }
 
 /// `Cache-Control` for a served file: shared caches may keep only what everyone may see.
@@ -163,42 +117,6 @@ async fn channel_file(
     Ok(resp)
 }
 
-/// Looks a presented token up and checks it, counting a failure against the client and refusing a client that is
-/// cooling down, unless the token is valid: every token condagate issues holds 160 random bits, so a valid one
-/// cannot have been guessed, and one user's typos behind a shared address must not lock out the rest. When the
-/// access log is on, `seen` gets the record whenever the token is known, even if refused. The record is borrowed
-/// from the snapshot, which the caller holds for the request.
-pub fn check_token<'s>(
-    app: &App,
-    snap: &'s Snapshot,
-    token: &Digest,
-    client: IpAddr,
-    now: Instant,
-    seen: &mut Option<Arc<TokenRecord>>,
-) -> Result<&'s Arc<TokenRecord>, Error> {
-    let checked = snap.tokens.by_digest(token).ok_or(Denied::Unknown).and_then(|r| {
-        // Kept for the access log only, and only when it is written: a clone is a write to the record's reference
-        // count, which every worker serving this token shares.
-        if tracing::enabled!(target: "condagate::access", tracing::Level::INFO) {
-            *seen = Some(Arc::clone(r));
-        }
-        Policy::check_token_now(r).map(|()| r)
-    });
-    match checked {
-        Ok(r) => Ok(r),
-        Err(d) => {
-            if let Some(retry_after) = app.throttle.blocked(client, now) {
-                return Err(Error::Throttled { retry_after });
-            }
-            if app.throttle.failure(client, now) {
-                app.metrics.throttled();
-                tracing::warn!(%client, "too many failed token checks; cooling down");
-            }
-            Err(Error::Denied(d))
-        }
-    }
-}
-
 /// Whether the request carries a valid token with the `api:read` scope (or one that covers it). A bad token counts
 /// against the client in the throttle, as anywhere else.
 fn may_see_details(
@@ -239,7 +157,7 @@ async fn dispatch(
     now: Instant,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Error> {
-    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > route::MAX_URI {
         return Err(Error::UriTooLong);
     }
     let client = client_ip(peer.ip(), req.headers(), &snap.config.server.trusted_proxies);

@@ -1,0 +1,96 @@
+//! Stage 2: who is asking. The client's address (behind trusted proxies), the token from the path or the
+//! `Authorization` header, and its check against the token table, with the throttle. The channel file path and the
+//! admin API both come through here.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine as _;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use crate::app::{App, Snapshot};
+use crate::config::IpNet;
+use crate::error::Error;
+use crate::policy::{Denied, Policy};
+use crate::token::{Digest, Token, TokenRecord};
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last `X-Forwarded-For` hop that is not.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if !trusted.iter().any(|n| n.contains(peer)) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|h| h.trim().parse::<IpAddr>().ok())
+        .collect();
+    let mut ip = peer;
+    for hop in hops.iter().rev() {
+        ip = *hop;
+        if !trusted.iter().any(|n| n.contains(ip)) {
+            break;
+        }
+    }
+    ip
+}
+
+/// Reads the token from the `Authorization` header: `Bearer <T>`, `token <T>`, or `Basic` with the token as the
+/// password (any user name).
+pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| Denied::Malformed)?;
+    let (scheme, rest) = value.trim().split_once(' ').ok_or(Denied::Malformed)?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
+        return Token::parse(rest).map(Some).map_err(|_| Denied::Malformed);
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| Denied::Malformed)?;
+        let text = std::str::from_utf8(&decoded).map_err(|_| Denied::Malformed)?;
+        let (_, password) = text.split_once(':').ok_or(Denied::Malformed)?;
+        return Token::parse(password).map(Some).map_err(|_| Denied::Malformed);
+    }
+    Err(Denied::Malformed)
+}
+
+/// Looks a presented token up and checks it, counting a failure against the client and refusing a client that is
+/// cooling down, unless the token is valid: every token condagate issues holds 160 random bits, so a valid one
+/// cannot have been guessed, and one user's typos behind a shared address must not lock out the rest. When the
+/// access log is on, `seen` gets the record whenever the token is known, even if refused. The record is borrowed
+/// from the snapshot, which the caller holds for the request.
+pub fn check_token<'s>(
+    app: &App,
+    snap: &'s Snapshot,
+    token: &Digest,
+    client: IpAddr,
+    now: Instant,
+    seen: &mut Option<Arc<TokenRecord>>,
+) -> Result<&'s Arc<TokenRecord>, Error> {
+    let checked = snap.tokens.by_digest(token).ok_or(Denied::Unknown).and_then(|r| {
+        // Kept for the access log only, and only when it is written: a clone is a write to the record's reference
+        // count, which every worker serving this token shares.
+        if tracing::enabled!(target: "condagate::access", tracing::Level::INFO) {
+            *seen = Some(Arc::clone(r));
+        }
+        Policy::check_token_now(r).map(|()| r)
+    });
+    match checked {
+        Ok(r) => Ok(r),
+        Err(d) => {
+            if let Some(retry_after) = app.throttle.blocked(client, now) {
+                return Err(Error::Throttled { retry_after });
+            }
+            if app.throttle.failure(client, now) {
+                app.metrics.throttled();
+                tracing::warn!(%client, "too many failed token checks; cooling down");
+            }
+            Err(Error::Denied(d))
+        }
+    }
+}
