@@ -170,7 +170,16 @@ impl Views {
     /// An empty cache holding at most `max_bytes` of rendered views.
     pub fn new(max_bytes: u64, recheck: Duration) -> Self {
         // quick_cache wants an item count estimate for sizing; views are few and large.
-        let cache = Cache::with_weighter(1024, max_bytes.max(1), ByBytes);
+        // One shard: quick_cache refuses an entry heavier than its shard, and split by core count a shard is a
+        // fraction of `max_bytes` (an eighth on 2 cores), so the biggest views, the costliest to render, were never
+        // kept. Lookups take the shard's read lock only.
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(1024)
+            .weight_capacity(max_bytes.max(1))
+            .shards(1)
+            .build()
+            .expect("the view cache options are valid");
+        let cache = Cache::with_options(options, ByBytes, Default::default(), Default::default());
         Views {
             cache,
             docs: ArcSwap::default(),
@@ -514,5 +523,31 @@ mod tests {
         assert!(views.document(&up, channel, "noarch/repodata.json").await.is_ok());
         assert_eq!(views.loading.len(), 0, "load gates left behind");
         assert_eq!(views.docs.load().get("c").map_or(0, |d| d.len()), 1, "only the document that exists is held");
+    }
+
+    #[test]
+    fn a_view_almost_as_big_as_the_cache_is_kept() {
+        let max = 8 << 20;
+        let views = Views::new(max, Duration::from_secs(1));
+        let key = |n: u8| ViewKey {
+            channel: "c".into(),
+            source: "noarch/repodata.json".into(),
+            validator: format!("v{n}"),
+            form: Form::Json,
+            fingerprint: Some([n; 16]),
+        };
+        let rendered = |len: usize| {
+            Arc::new(Rendered {
+                bytes: Bytes::from(vec![b' '; len]),
+                validators: Validators::new("\"e\"", None).unwrap(),
+            })
+        };
+        // Nine tenths of the cache: more than any one of several shards would hold.
+        views.cache.insert(key(1), rendered(max as usize * 9 / 10));
+        assert!(views.cache.get(&key(1)).is_some(), "a big view was refused by the cache");
+        // A second big one evicts the first rather than being refused.
+        views.cache.insert(key(2), rendered(max as usize * 9 / 10));
+        assert!(views.cache.get(&key(2)).is_some());
+        assert!(views.bytes() <= max, "{} bytes held of {max}", views.bytes());
     }
 }
