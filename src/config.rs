@@ -412,11 +412,20 @@ impl Config {
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         // The parser's own message and where, never its snippet of the line: the line may hold a secret (an
         // upstream credential), and the message is shown in logs and to health checks.
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| line_col(text, s.start));
-            let at = at.map(|(l, c)| format!("line {l}, column {c}: ")).unwrap_or_default();
-            ConfigErrors { source: None, problems: vec![format!("{at}{}", e.message().trim_end())] }
+        let at = |span: Option<std::ops::Range<usize>>| {
+            span.map(|s| line_col(text, s.start)).map(|(l, c)| format!("line {l}, column {c}: ")).unwrap_or_default()
+        };
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigErrors {
+            source: None,
+            problems: vec![format!("{}{}", at(e.span()), e.message().trim_end())],
         })?;
+        // Each table, and each entry of the arrays of tables, is read on its own, so that one wrong type or unknown
+        // key does not hide the problems of the rest.
+        let mut problems = Vec::new();
+        let raw = read_sections(table, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigErrors { source: None, problems });
+        }
         let mut p = Problems::default();
         let cfg = check(raw, base_dir, &mut p);
         if p.0.is_empty() {
@@ -440,6 +449,63 @@ pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
         Some(at) => format!("{}<redacted>{}", &url[..scheme_end], &url[scheme_end + at..]).into(),
         None => url.into(),
     }
+}
+
+/// The sections of a parsed file, each read on its own; every problem is named by its key.
+fn read_sections(table: toml::Table, problems: &mut Vec<String>) -> RawConfig {
+    fn one<T: serde::de::DeserializeOwned + Default>(key: &str, v: toml::Value, problems: &mut Vec<String>) -> T {
+        T::deserialize(v).unwrap_or_else(|e| {
+            problems.push(format!("{key}: {}", without_values(e.message().trim_end())));
+            T::default()
+        })
+    }
+    fn many<T: serde::de::DeserializeOwned>(key: &str, v: toml::Value, problems: &mut Vec<String>) -> Vec<T> {
+        match v {
+            toml::Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    T::deserialize(item)
+                        .map_err(|e| problems.push(format!("{key}[{i}]: {}", without_values(e.message().trim_end()))))
+                        .ok()
+                })
+                .collect(),
+            _ => {
+                problems.push(format!("{key}: must be an array of tables ([[{key}]])"));
+                Vec::new()
+            }
+        }
+    }
+    let mut raw = RawConfig::default();
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => raw.server = one(&key, value, problems),
+            "tokens" => raw.tokens = one(&key, value, problems),
+            "upstream" => raw.upstream = Some(one(&key, value, problems)),
+            "cache" => raw.cache = one(&key, value, problems),
+            "log" => raw.log = one(&key, value, problems),
+            "channels" => raw.channels = many(&key, value, problems),
+            "groups" => raw.groups = many(&key, value, problems),
+            other => problems.push(format!(
+                "{other}: unknown key (the sections are server, tokens, upstream, cache, log, channels and groups)"
+            )),
+        }
+    }
+    raw
+}
+
+/// A deserializer's message without the string value it quotes (`invalid type: string "Bearer …", expected …`): a
+/// mistyped value may be a credential, and the message goes to logs and health checks.
+fn without_values(msg: &str) -> String {
+    let mut out = msg.to_owned();
+    for marker in ["string \"", "value \""] {
+        while let Some(start) = out.find(marker) {
+            let open = start + marker.len();
+            let Some(close) = out[open..].rfind("\", expected").or_else(|| out[open..].rfind('"')) else { break };
+            out.replace_range(start..open + close + 1, "a string");
+        }
+    }
+    out
 }
 
 /// Line and column (from 1) of byte `at` in `text`.
@@ -496,7 +562,11 @@ fn duration(p: &mut Problems, key: &str, v: Option<&String>, default: Duration) 
     match v {
         None => default,
         Some(s) => humantime::parse_duration(s).unwrap_or_else(|e| {
-            p.add(key, format!("{s:?} is not a duration like \"30s\" or \"5m\" ({e})"));
+            let _ = e; // humantime's own words ("expected number at 0") say nothing a reader can act on
+            p.add(
+                key,
+                format!("{s:?} is not a duration: a positive number and a unit, like \"30s\", \"500ms\" or \"5m\""),
+            );
             default
         }),
     }
@@ -817,6 +887,34 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_wrong_type_does_not_hide_the_other_problems() {
+        let text = r#"
+[server]
+workers = "two"
+[tokens]
+file = 5
+[[channels]]
+name = "a"
+acces = "public"
+[[channels]]
+name = "b"
+[[groups]]
+name = 7
+[extra]
+"#;
+        let e = Config::from_toml_str(text, Path::new(".")).unwrap_err();
+        for want in ["server: ", "tokens: ", "channels[0]: unknown field `acces`", "groups[0]: ", "extra: unknown key"]
+        {
+            assert!(e.problems.iter().any(|p| p.starts_with(want)), "{want:?} missing from {:?}", e.problems);
+        }
+        assert!(!e.problems.iter().any(|p| p.starts_with("channels[1]")), "{:?}", e.problems);
+        let e = Config::from_toml_str("[upstream]\nheaders = \"Bearer s3cret\"\n", Path::new(".")).unwrap_err();
+        assert!(!e.problems[0].contains("s3cret") && e.problems[0].starts_with("upstream: "), "{:?}", e.problems);
+        let e = Config::from_toml_str("[server\nlisten = 1", Path::new(".")).unwrap_err();
+        assert!(e.problems[0].starts_with("line 1, column "), "{:?}", e.problems);
+    }
 
     const ISSUE_EXAMPLE: &str = r#"
 [server]

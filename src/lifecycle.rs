@@ -52,8 +52,13 @@ pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(To
             return Err(StoreError::Refused(format!("channel {unknown:?} is not configured")));
         }
     }
-    if new.expires.is_some_and(|e| e <= now) {
-        return Err(StoreError::Refused("the expiry time is in the past".into()));
+    if let Some(e) = new.expires.filter(|e| *e <= now) {
+        let show = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        return Err(StoreError::Refused(format!(
+            "the token's expiry time {} is not after now ({})",
+            show(e),
+            show(now)
+        )));
     }
     let token = Token::generate();
     let record = TokenRecord {

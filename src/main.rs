@@ -227,13 +227,17 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
             let expires = if no_expiry {
                 None
             } else if let Some(d) = expires_in {
-                let d = humantime::parse_duration(&d).with_context(|| format!("--expires-in: {d:?}"))?;
+                let d = humantime::parse_duration(&d).map_err(|_| {
+                    anyhow::anyhow!("--expires-in: {d:?} is not a duration: a number and a unit, like 90d, 12h or 30m")
+                })?;
                 Some(now + d)
             } else if let Some(at) = expires {
-                Some(
-                    OffsetDateTime::parse(&at, &Rfc3339)
-                        .with_context(|| format!("--expires: {at:?} is not RFC 3339"))?,
-                )
+                Some(OffsetDateTime::parse(&at, &Rfc3339).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--expires: {at:?} is not an RFC 3339 time with a zone, like 2027-01-01T00:00:00Z \
+                         (or use --expires-in 90d)"
+                    )
+                })?)
             } else {
                 Some(now + lifecycle::DEFAULT_LIFETIME)
             };

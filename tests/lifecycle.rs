@@ -275,7 +275,13 @@ fn cli_refuses_duplicates_unknown_scopes_past_expiry_and_ambiguous_revokes() {
         &cfg,
         &["token", "create", "--name", "x", "--user", "bob", "--scopes", "conda", "--expires", "2001-01-01T00:00:00Z"],
     );
-    assert_refused(&o, "the expiry time is in the past");
+    assert_refused(&o, "the token's expiry time 2001-01-01T00:00:00Z is not after now (");
+    // Times and durations that do not parse say what was expected, with an example.
+    let o =
+        cli(&cfg, &["token", "create", "--name", "x", "--user", "bob", "--scopes", "conda", "--expires", "2027-01-01"]);
+    assert_refused(&o, "--expires: \"2027-01-01\" is not an RFC 3339 time with a zone, like 2027-01-01T00:00:00Z");
+    let o = cli(&cfg, &["token", "create", "--name", "x", "--user", "bob", "--scopes", "conda", "--expires-in=-5s"]);
+    assert_refused(&o, "--expires-in: \"-5s\" is not a duration: a number and a unit, like 90d");
     let o =
         cli(&cfg, &["token", "create", "--name", "x", "--user", "bob", "--scopes", "conda", "--channels", "nochan"]);
     assert_refused(&o, "channel \"nochan\" is not configured");
