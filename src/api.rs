@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::app::{App, Snapshot};
-use crate::auth::{check_token, header_token};
+use crate::auth::{check_token, header_scheme, header_token, Scheme};
 use crate::body::{full, Body};
 use crate::config::Config;
 use crate::error::Error;
@@ -100,11 +100,7 @@ fn identify(
     let unauthorized = |m: &str| err(StatusCode::UNAUTHORIZED, m);
     // Only credentials a script sends on purpose: a browser attaches Basic credentials (and cookies) to any request
     // a page on another site makes it send, so they could mint tokens cross-site.
-    let basic = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")));
+    let basic = header_scheme(req.headers()) == Some(Scheme::Basic);
     if basic {
         return Err(unauthorized("the admin API takes Authorization: Bearer <TOKEN> or token <TOKEN>, not Basic"));
     }

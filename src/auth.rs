@@ -38,25 +38,55 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     ip
 }
 
-/// Reads the token from the `Authorization` header: `Bearer <T>`, `token <T>`, or `Basic` with the token as the
-/// password (any user name).
-pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
+/// The `Authorization` schemes condagate reads a token from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Bearer <T>` or `token <T>` (anaconda-client's): sent on purpose by scripts and clients.
+    Bearer,
+    /// `Basic` with the token as the password: what rattler's BasicHTTP credentials send, and what browsers attach
+    /// on their own.
+    Basic,
+}
+
+/// The header's scheme and the rest of its value, or `None` when there is no `Authorization` header; a header that
+/// is not one of the schemes is malformed.
+fn split_authorization(headers: &HeaderMap) -> Result<Option<(Scheme, &str)>, Denied> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| Denied::Malformed)?;
     let (scheme, rest) = value.trim().split_once(' ').ok_or(Denied::Malformed)?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
-        return Token::parse(rest).map(Some).map_err(|_| Denied::Malformed);
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| Denied::Malformed)?;
-        let text = std::str::from_utf8(&decoded).map_err(|_| Denied::Malformed)?;
-        let (_, password) = text.split_once(':').ok_or(Denied::Malformed)?;
-        return Token::parse(password).map(Some).map_err(|_| Denied::Malformed);
-    }
-    Err(Denied::Malformed)
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        Scheme::Basic
+    } else {
+        return Err(Denied::Malformed);
+    };
+    Ok(Some((scheme, rest.trim())))
+}
+
+/// The scheme of the `Authorization` header, if it has one condagate reads.
+pub fn header_scheme(headers: &HeaderMap) -> Option<Scheme> {
+    split_authorization(headers).ok().flatten().map(|(scheme, _)| scheme)
+}
+
+/// Reads the token from the `Authorization` header: `Bearer <T>`, `token <T>`, or `Basic` with the token as the
+/// password (any user name).
+pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
+    let Some((scheme, rest)) = split_authorization(headers)? else {
+        return Ok(None);
+    };
+    let token = match scheme {
+        Scheme::Bearer => Token::parse(rest),
+        Scheme::Basic => {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| Denied::Malformed)?;
+            let text = std::str::from_utf8(&decoded).map_err(|_| Denied::Malformed)?;
+            let (_, password) = text.split_once(':').ok_or(Denied::Malformed)?;
+            Token::parse(password)
+        }
+    };
+    token.map(Some).map_err(|_| Denied::Malformed)
 }
 
 /// Looks a presented token up and checks it, counting a failure against the client and refusing a client that is
