@@ -65,6 +65,17 @@ pub struct ReloadStatus {
     tokens_stamp: Option<FileStamp>,
 }
 
+impl ReloadStatus {
+    /// The standing failures, configuration first, or `None` when every part last loaded fine.
+    pub fn error(&self) -> Option<String> {
+        let all: Vec<&str> = [&self.config_error, &self.tokens_error, &self.tls_error]
+            .into_iter()
+            .filter_map(|e| e.as_deref())
+            .collect();
+        (!all.is_empty()).then(|| all.join("; "))
+    }
+}
+
 /// A pause between reading a tokens file and putting it in force, for tests that need an update to be slow.
 type Hook = Arc<dyn Fn() + Send + Sync>;
 
@@ -148,10 +159,7 @@ impl App {
 
     /// The standing reload failures, configuration first, or `None` when every part last loaded fine.
     pub fn reload_error(&self) -> Option<String> {
-        let s = self.lock();
-        let all: Vec<&str> =
-            [&s.config_error, &s.tokens_error, &s.tls_error].into_iter().filter_map(|e| e.as_deref()).collect();
-        (!all.is_empty()).then(|| all.join("; "))
+        self.lock().error()
     }
 
     /// Test support: a request for exactly `path` panics in its handler, to show that a panic still gets an answer.
@@ -191,23 +199,23 @@ impl App {
 
     fn reload_tokens_locked(&self, status: &mut ReloadStatus) -> Result<(), String> {
         let snap = self.snapshot();
-        let path = &snap.config.tokens_file;
-        // Remember the stamp even on failure, so a broken file is reported once, not every poll.
+        let tokens = self.read_tokens(&snap.config.tokens_file, status)?;
+        self.snapshot.store(Arc::new(Snapshot::new(Arc::clone(&snap.config), Arc::clone(&snap.policy), tokens)));
+        tracing::info!(tokens_generation = status.tokens_generation, "tokens reloaded");
+        Ok(())
+    }
+
+    /// Reads the tokens file at `path` for the next snapshot, noting in `status` its stamp (even on failure, so a
+    /// broken file is reported once, not every poll), the new generation or the failure.
+    fn read_tokens(&self, path: &std::path::Path, status: &mut ReloadStatus) -> Result<Arc<TokenTable>, String> {
         status.tokens_stamp = FileStamp::read(path);
         let loaded = store::load(path).map_err(|e| e.to_string());
         self.after_tokens_read();
         match loaded {
             Ok(records) => {
-                let next = Snapshot::new(
-                    Arc::clone(&snap.config),
-                    Arc::clone(&snap.policy),
-                    Arc::new(TokenTable::new(records)),
-                );
-                self.snapshot.store(Arc::new(next));
                 status.tokens_generation += 1;
                 status.tokens_error = None;
-                tracing::info!(tokens_generation = status.tokens_generation, "tokens reloaded");
-                Ok(())
+                Ok(Arc::new(TokenTable::new(records)))
             }
             Err(e) => {
                 tracing::error!(error = %e, "tokens reload refused; the previous tokens stay in force");
@@ -244,20 +252,7 @@ impl App {
         if config.server.listen != snap.config.server.listen {
             tracing::warn!("server.listen changed; the new address takes effect after a restart");
         }
-        status.tokens_stamp = FileStamp::read(&config.tokens_file);
-        let tokens = match store::load(&config.tokens_file) {
-            Ok(records) => {
-                status.tokens_generation += 1;
-                status.tokens_error = None;
-                Ok(Arc::new(TokenTable::new(records)))
-            }
-            Err(e) => {
-                let why = e.to_string();
-                tracing::error!(error = %why, "tokens reload refused; the previous tokens stay in force");
-                status.tokens_error = Some(why.clone());
-                Err(why)
-            }
-        };
+        let tokens = self.read_tokens(&config.tokens_file, &mut status);
         let table = tokens.as_ref().map_or_else(|_| Arc::clone(&snap.tokens), Arc::clone);
         let policy = Arc::new(Policy::new(&config));
         self.snapshot.store(Arc::new(Snapshot::new(Arc::new(config), policy, table)));

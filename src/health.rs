@@ -36,10 +36,10 @@ impl UpstreamHealth {
     /// only when the state changes, so the hot path takes a read lock of one shard.
     pub fn record(&self, channel: &str, result: Result<(), String>) {
         let up = result.is_ok();
-        if result.is_ok() && self.states.get(channel).is_some_and(|s| s.up) {
+        let was_up = self.states.get(channel).map(|s| s.up);
+        if up && was_up == Some(true) {
             return;
         }
-        let was_up = self.states.get(channel).map(|s| s.up);
         match (&result, was_up) {
             (Err(e), None | Some(true)) => tracing::warn!(channel, error = %e, "upstream unreachable"),
             (Ok(()), Some(false)) => tracing::info!(channel, "upstream reachable again"),

@@ -180,7 +180,7 @@ async fn dispatch(
         Route::Health => {
             let status = app.reload_status();
             let down = app.health.down(&snap.config);
-            let healthy = app.reload_error().is_none() && down == 0;
+            let healthy = status.error().is_none() && down == 0;
             let mut body = serde_json::json!({
                 "status": if healthy { "ok" } else { "degraded" },
                 "config_generation": status.config_generation,
@@ -220,13 +220,12 @@ async fn dispatch(
             Ok(text(status, "application/json", serde_json::json!({"status": word}).to_string()))
         }
         Route::Metrics => {
-            let body = app.metrics.render(
+            let mut body = app.metrics.render(
                 app.views.hits(),
                 app.views.misses(),
                 app.views.bytes(),
                 app.throttle.blocked_count(now),
             );
-            let mut body = body;
             upstream_metrics(&mut body, app, snap);
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
