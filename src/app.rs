@@ -100,7 +100,8 @@ pub struct App {
     /// What is known of each channel's upstream.
     pub health: Arc<UpstreamHealth>,
     updates: Mutex<ReloadStatus>,
-    /// Test support: a request for exactly this path panics in its handler (see [`App::set_panic_path`]).
+    /// Test support: a request for exactly this path, which must be one condagate does not serve, panics in its
+    /// handler (see [`App::set_panic_path`]).
     #[doc(hidden)]
     pub panic_path: std::sync::OnceLock<String>,
     tokens_read_hook: Mutex<Option<Hook>>,
@@ -162,7 +163,8 @@ impl App {
         self.lock().error()
     }
 
-    /// Test support: a request for exactly `path` panics in its handler, to show that a panic still gets an answer.
+    /// Test support: a request for exactly `path` (a path condagate does not serve) panics in its handler, to show
+    /// that a panic still gets an answer.
     #[doc(hidden)]
     pub fn set_panic_path(&self, path: &str) {
         let _ = self.panic_path.set(path.to_owned());

@@ -1,4 +1,4 @@
-//! Configuration: a loosely typed `RawConfig` read by serde, then checked into the [`Config`] the server runs on.
+//! Configuration: loosely typed raw sections read by serde, then checked into the [`Config`] the server runs on.
 //!
 //! Checking collects every problem instead of stopping at the first, and each problem names the key that holds it
 //! (`channels[1].access: "publik" is not one of public, authenticated, private`). Relative paths are resolved against
@@ -36,22 +36,15 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The file's sections, each read on its own by [`read_sections`] (so a problem in one hides none in another).
+#[derive(Debug, Default)]
 struct RawConfig {
-    #[serde(default)]
     server: RawServer,
-    #[serde(default)]
     tokens: RawTokens,
-    #[serde(default)]
     upstream: Option<RawUpstream>,
-    #[serde(default)]
     cache: RawCache,
-    #[serde(default)]
     log: RawLog,
-    #[serde(default)]
     channels: Vec<RawChannel>,
-    #[serde(default)]
     groups: Vec<RawGroup>,
 }
 
@@ -561,8 +554,8 @@ impl Problems {
 fn duration(p: &mut Problems, key: &str, v: Option<&String>, default: Duration) -> Duration {
     match v {
         None => default,
-        Some(s) => humantime::parse_duration(s).unwrap_or_else(|e| {
-            let _ = e; // humantime's own words ("expected number at 0") say nothing a reader can act on
+        // humantime's own words ("expected number at 0") say nothing a reader can act on.
+        Some(s) => humantime::parse_duration(s).unwrap_or_else(|_| {
             p.add(
                 key,
                 format!("{s:?} is not a duration: a positive number and a unit, like \"30s\", \"500ms\" or \"5m\""),

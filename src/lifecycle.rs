@@ -53,11 +53,10 @@ pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(To
         }
     }
     if let Some(e) = new.expires.filter(|e| *e <= now) {
-        let show = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         return Err(StoreError::Refused(format!(
             "the token's expiry time {} is not after now ({})",
-            show(e),
-            show(now)
+            store::format_time(e),
+            store::format_time(now)
         )));
     }
     let token = Token::generate();

@@ -333,7 +333,7 @@ impl Upstreams {
                 let bytes = match http_body_util::Limited::new(body, limit).collect().await {
                     Ok(c) => c.to_bytes(),
                     Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(self.too_large(rel)),
-                    Err(e) if e.to_string() == STALLED => return Err(Error::UpstreamTimeout),
+                    Err(e) if e.is::<Stalled>() => return Err(Error::UpstreamTimeout),
                     Err(e) => return Err(Error::Upstream(format!("{}: {e}", shown_url(base, rel)))),
                 };
                 // Without a validator the document is identified by its content.
@@ -376,7 +376,16 @@ fn boxed(e: hyper::Error) -> BoxError {
 }
 
 /// What a body that stalled fails with.
-const STALLED: &str = "the upstream stalled mid-body";
+#[derive(Debug)]
+struct Stalled;
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the upstream stalled mid-body")
+    }
+}
+
+impl std::error::Error for Stalled {}
 
 /// A body that fails when no frame arrives for `limit`.
 struct IdleTimeout<B> {
@@ -406,7 +415,7 @@ where
                 Poll::Ready(frame)
             }
             Poll::Pending => match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(STALLED.into()))),
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled)))),
                 Poll::Pending => Poll::Pending,
             },
         }

@@ -207,8 +207,8 @@ async fn browser_sendable_bodies_are_refused_with_415() {
 async fn a_panic_in_a_handler_still_answers_500_and_is_counted() {
     let demo = Demo::new();
     let p = Proxy::start(demo.config()).await;
-    p.app.set_panic_path("/pubchan/noarch/boom-1.0-0.conda");
-    let g = get(&p.url("/pubchan/noarch/boom-1.0-0.conda"), &[]).await;
+    p.app.set_panic_path("/pubchan/noarch/boom.txt");
+    let g = get(&p.url("/pubchan/noarch/boom.txt"), &[]).await;
     assert_eq!(g.status, 500, "{}", g.text());
     assert_eq!(g.header("content-type"), Some("application/problem+json"));
     let m = get(&p.url("/metrics"), &[]).await.text();
