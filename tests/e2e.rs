@@ -406,8 +406,13 @@ async fn public_channel_installs_anonymously() {
 
 /// A rattler authentication file (what `pixi auth login` writes) with one entry for 127.0.0.1.
 fn auth_file(scratch: &Scratch, entry: serde_json::Value) -> PathBuf {
+    auth_file_for(scratch, "127.0.0.1", entry)
+}
+
+/// A rattler authentication file with one entry, under the key `host`.
+fn auth_file_for(scratch: &Scratch, host: &str, entry: serde_json::Value) -> PathBuf {
     let path = scratch.sub("credentials.json");
-    std::fs::write(&path, serde_json::json!({ "127.0.0.1": entry }).to_string()).unwrap();
+    std::fs::write(&path, serde_json::json!({ host: entry }).to_string()).unwrap();
     path
 }
 
@@ -516,9 +521,8 @@ async fn stored_credentials_match_the_host_without_its_port() {
     let proxy = Proxy::start(demo.config()).await;
     let scratch = Scratch::new();
     let client = Client { python: &python, scratch: &scratch, mode: "sharded" };
-    let path = scratch.sub("with-port.json");
-    let key = format!("127.0.0.1:{}", proxy.addr.port());
-    std::fs::write(&path, serde_json::json!({ key: { "CondaToken": bob } }).to_string()).unwrap();
+    let path =
+        auth_file_for(&scratch, &format!("127.0.0.1:{}", proxy.addr.port()), serde_json::json!({ "CondaToken": bob }));
     let env = [("RATTLER_AUTH_FILE", path.as_path())];
     let r = client.run_with("host-port", "host-port", &proxy.url("/mychan"), "alpha", &[], &env, "solve-failure").await;
     r.assert_ok();

@@ -28,6 +28,19 @@ fn set_max_age(demo: &Demo, secs: u64) {
     std::fs::rename(&tmp, &path).unwrap();
 }
 
+/// Creates a download token through the code `condagate token create` runs, from a configuration already read (the
+/// file on disk may be broken on purpose, or being rewritten).
+fn create_as_the_cli_does(config: &condagate::config::Config, name: &str, user: &str) {
+    let new = condagate::lifecycle::NewToken {
+        name: name.to_owned(),
+        user: user.to_owned(),
+        scopes: vec!["conda:download".into()],
+        expires: None,
+        channels: None,
+    };
+    condagate::lifecycle::create(config, new, time::OffsetDateTime::now_utc()).unwrap();
+}
+
 async fn served_max_age(p: &Proxy) -> String {
     let g = get(&p.url(PUBLIC_REPODATA), &[]).await;
     assert_eq!(g.status, 200, "{}", g.text());
@@ -97,14 +110,7 @@ async fn a_refused_config_reload_is_reported_until_a_good_one_whatever_reloads_i
     assert!(p.app.reload_all().is_err());
     // Token changes reload the tokens, many times; the configuration error stands through all of them.
     for i in 0..5 {
-        let new = condagate::lifecycle::NewToken {
-            name: format!("churn-{i}"),
-            user: "bob".into(),
-            scopes: vec!["conda:download".into()],
-            expires: None,
-            channels: None,
-        };
-        condagate::lifecycle::create(&config, new, time::OffsetDateTime::now_utc()).unwrap();
+        create_as_the_cli_does(&config, &format!("churn-{i}"), "bob");
         p.app.reload_tokens().unwrap();
         let h = get(&p.url("/healthz"), &[("authorization", &auth)]).await.json();
         assert_eq!(h["status"], "degraded", "{h}");
@@ -156,14 +162,7 @@ async fn every_config_reload_is_served_while_tokens_churn_through_the_api_and_th
         move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let new = condagate::lifecycle::NewToken {
-                    name: format!("cli-{n}"),
-                    user: "carol".into(),
-                    scopes: vec!["conda:download".into()],
-                    expires: None,
-                    channels: None,
-                };
-                condagate::lifecycle::create(&config, new, time::OffsetDateTime::now_utc()).unwrap();
+                create_as_the_cli_does(&config, &format!("cli-{n}"), "carol");
                 n += 1;
             }
             n
