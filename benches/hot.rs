@@ -8,12 +8,12 @@ mod common;
 use std::hint::black_box;
 use std::path::Path;
 
+use condagate::conda::filter::{filter_repodata, ShardIndex};
+use condagate::conda::route;
 use condagate::config::Config;
-use condagate::filter::{filter_repodata, ShardIndex};
 use condagate::policy::Policy;
-use condagate::route;
-use condagate::store::TokenTable;
-use condagate::token::{Scope, Token, TokenRecord};
+use condagate::tokens::TokenTable;
+use condagate::tokens::{Scope, Token, TokenRecord};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use time::OffsetDateTime;
 

@@ -1,14 +1,14 @@
 //! One million tokens: how long the tokens file takes to load, what the table costs in memory, and lookup latency.
 //!
 //! `cargo bench --bench tokens [-- --count N]` generates a tokens file of N records (default 1,000,000) in a
-//! temporary folder, loads it the way the server does (`store::load` + `TokenTable::new`), then times 1,000,000
+//! temporary folder, loads it the way the server does (`file::load` + `TokenTable::new`), then times 1,000,000
 //! lookups (half hits, half misses) one by one and reports p50/p99/p999 and the process's peak RSS.
 
 use std::io::Write;
 use std::time::Instant;
 
-use condagate::store::{self, TokenTable};
-use condagate::token::Token;
+use condagate::tokens::Token;
+use condagate::tokens::{file, TokenTable};
 
 fn rss_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -49,7 +49,7 @@ fn main() {
     println!("generated {count} tokens ({:.0} MB) in {:.2} s", size as f64 / 1e6, t.elapsed().as_secs_f64());
     let before = rss_mib("VmRSS:");
     let t = Instant::now();
-    let records = store::load(&path).unwrap();
+    let records = file::load(&path).unwrap();
     let parsed = t.elapsed();
     let table = TokenTable::new(records);
     let loaded = t.elapsed();

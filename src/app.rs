@@ -8,15 +8,16 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::auth::throttle::Throttle;
+use crate::conda::view::Views;
 use crate::config::Config;
-use crate::health::UpstreamHealth;
+use crate::http::tls::CertStore;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::store::{self, TokenTable};
-use crate::throttle::Throttle;
-use crate::tls::CertStore;
-use crate::upstream::{FileStamp, Upstreams};
-use crate::view::Views;
+use crate::stamp::FileStamp;
+use crate::tokens::{file, TokenTable};
+use crate::upstream::health::UpstreamHealth;
+use crate::upstream::{ChannelUpstreams, Upstreams};
 
 /// One consistent state: what a request is served under.
 pub struct Snapshot {
@@ -26,12 +27,18 @@ pub struct Snapshot {
     pub policy: Arc<Policy>,
     /// The tokens.
     pub tokens: Arc<TokenTable>,
+    /// Each channel's upstream.
+    pub upstreams: Arc<ChannelUpstreams>,
     /// `Cache-Control` of repodata responses, public and private, formatted once per configuration.
     pub repodata_cache_control: [http::HeaderValue; 2],
 }
 
 impl Snapshot {
-    fn new(config: Arc<Config>, policy: Arc<Policy>, tokens: Arc<TokenTable>) -> Self {
+    /// The state of a new configuration: its policy compiled and its channels' upstreams opened.
+    fn new(config: Config, upstreams: &Upstreams, tokens: Arc<TokenTable>) -> Self {
+        let policy = Arc::new(Policy::new(&config));
+        let upstreams = Arc::new(upstreams.open_all(&config));
+        let config = Arc::new(config);
         let age = config.server.repodata_max_age.as_secs();
         let value = |scope: &str| {
             http::HeaderValue::try_from(format!("{scope}, max-age={age}"))
@@ -44,7 +51,18 @@ impl Snapshot {
         // downloading the index again. See README, "Caching of per-token views".
         let shared = http::HeaderValue::try_from(format!("max-age={age}, s-maxage=0"))
             .unwrap_or(http::HeaderValue::from_static("no-cache"));
-        Snapshot { repodata_cache_control: [value("public"), shared], config, policy, tokens }
+        Snapshot { repodata_cache_control: [value("public"), shared], config, policy, tokens, upstreams }
+    }
+
+    /// This state with other tokens.
+    fn with_tokens(&self, tokens: Arc<TokenTable>) -> Self {
+        Snapshot {
+            config: Arc::clone(&self.config),
+            policy: Arc::clone(&self.policy),
+            tokens,
+            upstreams: Arc::clone(&self.upstreams),
+            repodata_cache_control: self.repodata_cache_control.clone(),
+        }
     }
 }
 
@@ -111,8 +129,8 @@ impl App {
     /// Builds the state from a checked configuration, reading its tokens file.
     pub fn new(config: Config) -> Result<Self, anyhow::Error> {
         let tokens_stamp = FileStamp::read(&config.tokens_file);
-        let tokens = TokenTable::new(store::load(&config.tokens_file)?);
-        let upstreams = Upstreams::with_max_document(config.upstream_timeouts, config.upstream_max_document);
+        let tokens = TokenTable::new(file::load(&config.tokens_file)?);
+        let upstreams = Upstreams::new(config.upstream_timeouts, config.upstream_max_document);
         let views = Views::new(config.cache_max_bytes, config.upstream_recheck);
         let t = config.server.throttle;
         let throttle = Throttle::new(t.failures, t.window, t.cooldown).with_ipv6_prefix(t.ipv6_prefix);
@@ -120,8 +138,7 @@ impl App {
             Some(paths) => Some(Arc::new(CertStore::new(&paths.cert, &paths.key).map_err(anyhow::Error::msg)?)),
             None => None,
         };
-        let policy = Arc::new(Policy::new(&config));
-        let snapshot = Snapshot::new(Arc::new(config), policy, Arc::new(tokens));
+        let snapshot = Snapshot::new(config, &upstreams, Arc::new(tokens));
         let status = ReloadStatus { config_generation: 1, tokens_generation: 1, tokens_stamp, ..Default::default() };
         Ok(App {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -202,7 +219,7 @@ impl App {
     fn reload_tokens_locked(&self, status: &mut ReloadStatus) -> Result<(), String> {
         let snap = self.snapshot();
         let tokens = self.read_tokens(&snap.config.tokens_file, status)?;
-        self.snapshot.store(Arc::new(Snapshot::new(Arc::clone(&snap.config), Arc::clone(&snap.policy), tokens)));
+        self.snapshot.store(Arc::new(snap.with_tokens(tokens)));
         tracing::info!(tokens_generation = status.tokens_generation, "tokens reloaded");
         Ok(())
     }
@@ -211,7 +228,7 @@ impl App {
     /// broken file is reported once, not every poll), the new generation or the failure.
     fn read_tokens(&self, path: &std::path::Path, status: &mut ReloadStatus) -> Result<Arc<TokenTable>, String> {
         status.tokens_stamp = FileStamp::read(path);
-        let loaded = store::load(path).map_err(|e| e.to_string());
+        let loaded = file::load(path).map_err(|e| e.to_string());
         self.after_tokens_read();
         match loaded {
             Ok(records) => {
@@ -256,8 +273,7 @@ impl App {
         }
         let tokens = self.read_tokens(&config.tokens_file, &mut status);
         let table = tokens.as_ref().map_or_else(|_| Arc::clone(&snap.tokens), Arc::clone);
-        let policy = Arc::new(Policy::new(&config));
-        self.snapshot.store(Arc::new(Snapshot::new(Arc::new(config), policy, table)));
+        self.snapshot.store(Arc::new(Snapshot::new(config, &self.upstreams, table)));
         status.config_generation += 1;
         status.config_error = None;
         tracing::info!(

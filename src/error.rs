@@ -4,9 +4,9 @@
 //! Every refusal is answered with an `application/problem+json` body (RFC 9457) whose `detail` says why in words a
 //! conda user can act on. No variant holds a token, so no body can contain one.
 
-use crate::body::{full, Body};
+use crate::clock::format_time;
+use crate::http::body::{full, Body};
 use crate::policy::Denied;
-use crate::store::format_time;
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
@@ -148,7 +148,7 @@ impl Error {
                 Denied::NotAllowed => "The token's user may not read this channel or label.".to_owned(),
             },
             Error::BadPath => "The request path is malformed.".to_owned(),
-            Error::UriTooLong => format!("The request target is longer than {} bytes.", crate::route::MAX_URI),
+            Error::UriTooLong => format!("The request target is longer than {} bytes.", crate::http::MAX_URI),
             Error::NotFound => "No such file.".to_owned(),
             Error::MethodNotAllowed(allow) => format!("Only {allow} are allowed here."),
             Error::RangeNotSatisfiable { size } => format!("The requested range is outside the file ({size} bytes)."),

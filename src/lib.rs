@@ -19,29 +19,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod api;
+pub mod admin;
 pub mod app;
 pub mod auth;
-pub mod body;
-mod clock;
-pub mod conditional;
+pub mod clock;
+pub mod conda;
 pub mod config;
-mod conn;
 pub mod error;
-pub mod filter;
-pub mod groups;
-pub mod health;
-mod lanes;
-pub mod lifecycle;
+pub mod http;
 pub mod metrics;
+pub mod names;
 pub mod policy;
-pub mod route;
 pub mod server;
-pub mod store;
-pub mod throttle;
-pub mod tls;
-pub mod token;
+pub mod stamp;
+pub mod tokens;
 pub mod upstream;
-pub mod view;
 
 pub use server::{run, Server};

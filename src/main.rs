@@ -10,11 +10,12 @@ use clap::{Parser, Subcommand};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use condagate::clock::format_time;
 use condagate::config::{Config, LogFormat};
-use condagate::lifecycle::{self, NewToken};
 use condagate::policy::{self, Policy};
-use condagate::store::{self, format_time, TokenTable};
-use condagate::token::Token;
+use condagate::tokens::lifecycle::{self, NewToken};
+use condagate::tokens::Token;
+use condagate::tokens::{file, TokenTable};
 use condagate::Server;
 
 const DEFAULT_CONFIG: &str = "config/condagate.toml";
@@ -79,7 +80,7 @@ fn files_problems(c: &Config) -> Vec<String> {
         }
     }
     if let Some(tls) = &c.server.tls {
-        if let Err(e) = condagate::tls::CertStore::new(&tls.cert, &tls.key) {
+        if let Err(e) = condagate::http::tls::CertStore::new(&tls.cert, &tls.key) {
             out.push(format!("server.tls: {e}"));
         }
     }
@@ -261,7 +262,7 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { config, user } => {
             let config = load_config(&config)?;
-            let records = store::load(&config.tokens_file)?;
+            let records = file::load(&config.tokens_file)?;
             println!("{:<20} {:<12} {:<30} {:<21} {:<21} STATUS", "NAME", "USER", "SCOPES", "CREATED", "EXPIRES");
             for r in records.iter().filter(|r| user.as_deref().is_none_or(|u| *r.user == *u)) {
                 let scopes = r.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(" ");
@@ -291,7 +292,7 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
                 token
             };
             let token = Token::parse(&secret).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let table = TokenTable::new(store::load(&config.tokens_file)?);
+            let table = TokenTable::new(file::load(&config.tokens_file)?);
             let r = table.lookup(&token).context("no such token")?;
             println!("name:    {}", r.name);
             println!("user:    {}", r.user);

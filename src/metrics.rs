@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::http::conn::Connections;
+
 /// Upper bounds of the request duration histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
@@ -56,61 +58,6 @@ pub struct Metrics {
     downloads: DashMap<(String, String), u64>,
     /// Connection gauges, kept by the connection loop.
     pub connections: Arc<Connections>,
-}
-
-/// How many client connections are open, how many of them are parked, and how often one has been parked.
-#[derive(Debug, Default)]
-pub struct Connections {
-    open: AtomicU64,
-    parked: AtomicU64,
-    parks: AtomicU64,
-    /// Connections per worker thread, kept by the running server's workers.
-    workers: std::sync::Mutex<Vec<Arc<AtomicUsize>>>,
-}
-
-impl Connections {
-    /// Counts a connection open until the guard drops.
-    pub fn open(self: &Arc<Self>) -> Counted {
-        self.open.fetch_add(1, Relaxed);
-        Counted { gauges: Arc::clone(self), parked: false }
-    }
-
-    /// Reports these per-worker connection counts from now on.
-    pub(crate) fn set_workers(&self, loads: Vec<Arc<AtomicUsize>>) {
-        if let Ok(mut w) = self.workers.lock() {
-            *w = loads;
-        }
-    }
-}
-
-/// One open connection, counted in [`Connections`] until dropped.
-#[derive(Debug)]
-pub struct Counted {
-    gauges: Arc<Connections>,
-    parked: bool,
-}
-
-impl Counted {
-    /// Counts the connection as parked (`true`) or served by hyper again (`false`).
-    pub fn set_parked(&mut self, parked: bool) {
-        if parked == self.parked {
-            return;
-        }
-        self.parked = parked;
-        if parked {
-            self.gauges.parks.fetch_add(1, Relaxed);
-            self.gauges.parked.fetch_add(1, Relaxed);
-        } else {
-            self.gauges.parked.fetch_sub(1, Relaxed);
-        }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.set_parked(false);
-        self.gauges.open.fetch_sub(1, Relaxed);
-    }
 }
 
 impl Metrics {
@@ -209,19 +156,7 @@ impl Metrics {
         let _ = writeln!(s, "condagate_view_cache_hits_total {view_hits}");
         let _ = writeln!(s, "# TYPE condagate_view_cache_misses_total counter");
         let _ = writeln!(s, "condagate_view_cache_misses_total {view_misses}");
-        let c = &self.connections;
-        let _ = writeln!(s, "# TYPE condagate_connections_open gauge");
-        let _ = writeln!(s, "condagate_connections_open {}", c.open.load(Relaxed));
-        let _ = writeln!(s, "# TYPE condagate_connections_parked gauge");
-        let _ = writeln!(s, "condagate_connections_parked {}", c.parked.load(Relaxed));
-        let _ = writeln!(s, "# TYPE condagate_connection_parks_total counter");
-        let _ = writeln!(s, "condagate_connection_parks_total {}", c.parks.load(Relaxed));
-        let _ = writeln!(s, "# TYPE condagate_worker_connections gauge");
-        if let Ok(w) = c.workers.lock() {
-            for (i, n) in w.iter().enumerate() {
-                let _ = writeln!(s, "condagate_worker_connections{{worker=\"{i}\"}} {}", n.load(Relaxed));
-            }
-        }
+        self.connections.render(&mut s);
         let _ = writeln!(s, "# TYPE condagate_view_cache_bytes gauge");
         let _ = writeln!(s, "condagate_view_cache_bytes {view_bytes}");
         s

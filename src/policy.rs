@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
 use crate::config::{Access, Config, Packages};
-use crate::token::{TokenRecord, TokenStatus};
+use crate::tokens::{TokenRecord, TokenStatus};
 
 /// The packages a token sees of one channel and label, when that is not everything.
 #[derive(Debug)]
@@ -278,7 +278,7 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{Digest, Scope};
+    use crate::tokens::{Digest, Scope};
     use std::path::Path;
 
     const CFG: &str = r#"

@@ -22,14 +22,14 @@ use tracing::Instrument;
 
 use crate::app::{App, Snapshot};
 use crate::auth::{check_token, client_ip, header_token};
-use crate::body::{full, Body, BoxError};
+use crate::conda::route::{self, ChannelPath, FileKind, Route, RouteError};
 use crate::config::{Access, Config};
-use crate::conn::{self, Activity, InFlight, Protocols};
 use crate::error::{Blame, Error};
-use crate::lanes::Lanes;
+use crate::http::body::{full, Body, BoxError};
+use crate::http::conn::{self, Activity, InFlight, Protocols};
+use crate::http::workers::Lanes;
 use crate::policy::{Denied, View};
-use crate::route::{self, ChannelPath, FileKind, Route, RouteError};
-use crate::token::TokenRecord;
+use crate::tokens::TokenRecord;
 
 /// What the access log line of a request says beyond the basics, filled in as the request goes through the stages.
 #[derive(Debug, Default)]
@@ -75,31 +75,30 @@ async fn channel_file(
     };
     let record = match digest {
         None => None,
-        Some(d) => Some(check_token(app, snap, &d, peer.ip(), now, &mut out.token)?),
+        Some(d) => Some(check_token((&app.throttle, &app.metrics), &snap.tokens, &d, peer.ip(), now, &mut out.token)?),
     };
     let view = snap.policy.authorize(path.channel(), path.label_name(), record.map(|r| &**r))?;
     let channel = snap.config.channel(path.channel()).ok_or(Error::NotFound)?;
+    let upstream = &**snap.upstreams.get(&channel.name).ok_or(Error::NotFound)?;
     let from_header = path.token.is_none() && record.is_some();
 
     // A view (filtered, or held in memory) when the file is repodata; otherwise the upstream's bytes.
     let from_view = match &path.file {
         FileKind::Package(p) if !view.allows(p.name()) => return Err(Error::NotFound),
         FileKind::Shard(hash) => {
-            if !Box::pin(app.views.shard_visible(&app.upstreams, channel, path, &view, hash)).await? {
+            if !Box::pin(app.views.shard_visible(upstream, channel, path, &view, hash)).await? {
                 return Err(Error::NotFound);
             }
             None
         }
-        k if k.is_repodata() => {
-            app.views.serve(&app.upstreams, channel, path, &view, req.method(), req.headers()).await?
-        }
+        k if k.is_repodata() => app.views.serve(upstream, channel, path, &view, req.method(), req.headers()).await?,
         _ => None,
     };
     let mut resp = match from_view {
         Some(r) => r,
         None => {
             let asked = Instant::now();
-            let fetch = app.upstreams.serve(&channel.source, path.upstream_path(), req.method(), req.headers());
+            let fetch = upstream.get(path.upstream_path(), req.method(), req.headers());
             let result = Box::pin(fetch).await;
             out.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
             out.upstream_status = result.as_ref().ok().map(|r| r.status().as_u16());
@@ -128,8 +127,8 @@ fn may_see_details(
     out: &mut Outcome,
 ) -> bool {
     let Ok(Some(token)) = header_token(req.headers()) else { return false };
-    check_token(app, snap, &token.digest(), client, now, &mut out.token)
-        .is_ok_and(|r| r.can_api(crate::token::Scope::ApiRead))
+    check_token((&app.throttle, &app.metrics), &snap.tokens, &token.digest(), client, now, &mut out.token)
+        .is_ok_and(|r| r.can_api(crate::tokens::Scope::ApiRead))
 }
 
 /// `condagate_upstream_up{channel}`: 1 or 0 for each configured channel whose upstream state is known. Labels are
@@ -157,7 +156,7 @@ async fn dispatch(
     now: Instant,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Error> {
-    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > route::MAX_URI {
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > crate::http::MAX_URI {
         return Err(Error::UriTooLong);
     }
     let client = client_ip(peer.ip(), req.headers(), &snap.config.server.trusted_proxies);
@@ -232,7 +231,7 @@ async fn dispatch(
         }
         Route::Api(segments) => {
             // Boxed, like the other cold paths: the request future stays small, and cheap to move, for file requests.
-            let (resp, who) = Box::pin(crate::api::handle(app, snap, req, peer, segments)).await;
+            let (resp, who) = Box::pin(crate::admin::handle(app, snap, req, peer, segments)).await;
             out.token = who;
             Ok(resp)
         }
@@ -436,7 +435,7 @@ impl Server {
         let app = self.app;
         let cfg = app.snapshot().config.clone();
         let watcher = tokio::spawn(watch_tokens(Arc::clone(&app), cfg.tokens_watch_interval));
-        let prober = tokio::spawn(crate::health::probe_loop(Arc::clone(&app), cfg.upstream_probe_interval));
+        let prober = tokio::spawn(probe_loop(Arc::clone(&app), cfg.upstream_probe_interval));
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256);
         let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -520,6 +519,17 @@ impl Server {
         }
         lanes.stop().await;
         Ok(())
+    }
+}
+
+/// Probes the upstreams of the current configuration every `every`, until the task is aborted.
+async fn probe_loop(app: Arc<App>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let upstreams = Arc::clone(&app.current().upstreams);
+        app.health.probe_all(&upstreams).await;
     }
 }
 

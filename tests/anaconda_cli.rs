@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use condagate::store;
-use condagate::token::Token;
+use condagate::tokens::file;
+use condagate::tokens::Token;
 use support::*;
 
 /// Time one CLI run may take.
@@ -207,7 +207,7 @@ async fn the_anaconda_cli_lists_creates_and_removes_tokens_through_condagate() {
     let made = r.stdout.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default().to_owned();
     assert!(is_token(&made), "auth --create printed no token\n{}", r.context());
     assert_ne!(made, admin);
-    let records = store::load(&demo.config().tokens_file).unwrap();
+    let records = file::load(&demo.config().tokens_file).unwrap();
     let rec = records.iter().find(|r| &*r.name == "ci-made").expect("the created token is not in the tokens file");
     assert_eq!(&*rec.user, "alice");
     assert_eq!(rec.scopes.iter().map(|s| s.name()).collect::<Vec<_>>(), ["conda:download"]);
@@ -260,10 +260,10 @@ async fn the_anaconda_cli_shows_condagate_refusals() {
     .await
     .failed()
     .has("this token cannot grant the all scope");
-    assert!(!store::load(&demo.config().tokens_file).unwrap().iter().any(|r| &*r.name == "wide"));
+    assert!(!file::load(&demo.config().tokens_file).unwrap().iter().any(|r| &*r.name == "wide"));
     // Removing a token the user does not have.
     cli.with_token(&writer, &["auth", "--remove", "dl"]).await.failed().has("no active token named \"dl\"");
-    assert!(store::load(&demo.config().tokens_file).unwrap().iter().all(|r| r.revoked.is_none()));
+    assert!(file::load(&demo.config().tokens_file).unwrap().iter().all(|r| r.revoked.is_none()));
     // An unknown token is an anonymous user to whoami.
     cli.with_token("cg-notatoken", &["whoami"]).await.has("Anonymous User").lacks("Username:");
     p.stop().await;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use condagate::config::Config;
-use condagate::store;
-use condagate::token::Token;
+use condagate::tokens::file;
+use condagate::tokens::Token;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -291,11 +291,11 @@ fn cli_refuses_duplicates_unknown_scopes_past_expiry_and_ambiguous_revokes() {
     create(&cfg, "laptop", "carol", "conda:download", &[]);
     let o = cli(&cfg, &["token", "revoke", "laptop"]);
     assert_refused(&o, "2 users have a token named \"laptop\"; say which with --user");
-    let records = store::load(&tokens_file(&demo)).unwrap();
+    let records = file::load(&tokens_file(&demo)).unwrap();
     assert!(records.iter().all(|r| r.revoked.is_none()), "an ambiguous revoke revoked something: {records:?}");
 
     assert_ok(&cli(&cfg, &["token", "revoke", "laptop", "--user", "carol"]));
-    let records = store::load(&tokens_file(&demo)).unwrap();
+    let records = file::load(&tokens_file(&demo)).unwrap();
     let state: Vec<(&str, bool)> = records.iter().map(|r| (&*r.user, r.revoked.is_some())).collect();
     assert_eq!(state, [("bob", false), ("carol", true)]);
     // Once carol's is revoked, the name is free again for carol.
@@ -331,11 +331,11 @@ fn cli_twenty_concurrent_creates_all_persist() {
         assert!(is_token(&last), "{name}: {}", show(&o));
         secrets.push(last);
     }
-    let records = store::load(&tokens_file(&demo)).unwrap();
+    let records = file::load(&tokens_file(&demo)).unwrap();
     let names: HashSet<&str> = records.iter().map(|r| &*r.name).collect();
     assert_eq!(records.len(), 20, "expected 20 records, found {}: {names:?}", records.len());
     assert_eq!(names, (0..20).map(|i| format!("par{i}")).collect::<HashSet<_>>().iter().map(String::as_str).collect());
-    let table = store::TokenTable::new(records);
+    let table = condagate::tokens::TokenTable::new(records);
     for s in &secrets {
         assert!(table.lookup(&Token::parse(s).unwrap()).is_some(), "a created token is not in the file");
     }
@@ -876,7 +876,7 @@ async fn admin_api_each_scope_allows_exactly_its_operations() {
     assert!(failures.is_empty(), "scope gates differ from the table:\n{}", failures.join("\n"));
 
     // The side effects match: exactly the allowed rows revoked their victim and created a token.
-    let records = store::load(&tokens_file(&demo)).unwrap();
+    let records = file::load(&tokens_file(&demo)).unwrap();
     for (row, (scope, allowed)) in TABLE.iter().enumerate() {
         let victim = records.iter().find(|r| *r.name == *format!("victim-{row}")).unwrap();
         assert_eq!(victim.revoked.is_some(), allowed.contains(&"revoke token"), "{scope}: victim-{row}");
@@ -927,7 +927,7 @@ async fn admin_api_users_see_and_revoke_only_their_own_tokens() {
     // A name both have: bob's revoke takes his own only.
     let g = api("DELETE", &p.url("/api/authentications/name/shared-name"), Some(&bob), None).await;
     assert_eq!(g.status, 201, "{}", g.text());
-    let records = store::load(&tokens_file(&demo)).unwrap();
+    let records = file::load(&tokens_file(&demo)).unwrap();
     let shared: Vec<(&str, bool)> =
         records.iter().filter(|r| &*r.name == "shared-name").map(|r| (&*r.user, r.revoked.is_some())).collect();
     assert_eq!(shared, [("alice", false), ("bob", true)]);
@@ -978,7 +978,7 @@ async fn admin_api_creates_no_token_broader_than_its_caller() {
     let g = post(admin.clone(), json!({"note": "wider", "scopes": ["all"]})).await;
     assert_eq!(g.status, 403, "{}", g.text());
     assert!(
-        !store::load(&tokens_file(&demo)).unwrap().iter().any(|r| &*r.name == "wider"),
+        !file::load(&tokens_file(&demo)).unwrap().iter().any(|r| &*r.name == "wider"),
         "a refused create was stored"
     );
 

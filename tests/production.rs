@@ -1037,7 +1037,7 @@ async fn no_token_appears_in_logs_metrics_or_error_bodies() {
     let noscope = demo.token("sec-noscope", "alice", "api:read api:write");
     let bob = demo.token("sec-bob", "bob", "conda:download");
     let revoked = demo.token("sec-revoked", "bob", "conda:download");
-    condagate::lifecycle::revoke(&demo.config().tokens_file, "sec-revoked", Some("bob"), now).unwrap();
+    condagate::tokens::lifecycle::revoke(&demo.config().tokens_file, "sec-revoked", Some("bob"), now).unwrap();
     let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let expired = demo.token_with("sec-expired", "carol", "conda", Some(expires_at), None);
     let unknown = "cg-UnknownButWellFormed0123456789ABCDEFGH".to_owned();
@@ -1166,7 +1166,7 @@ async fn no_token_appears_in_logs_metrics_or_error_bodies() {
 
 /// The path with tokens redacted, for assertion messages (which must not print secrets either).
 fn route_redacted(path: &str) -> String {
-    condagate::route::redact_path(path.split('?').next().unwrap_or(path))
+    condagate::conda::route::redact_path(path.split('?').next().unwrap_or(path))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

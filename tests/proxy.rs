@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use condagate::config::Config;
-use condagate::{lifecycle, store};
+use condagate::tokens::{file, lifecycle};
 use http_body_util::BodyExt;
 use time::OffsetDateTime;
 
@@ -128,7 +128,7 @@ fn tokens(demo: &Demo) -> Tokens {
     let cfg = demo.config();
     lifecycle::revoke(&cfg.tokens_file, "bob-old", Some("bob"), OffsetDateTime::now_utc()).unwrap();
     let at = OffsetDateTime::parse(EXPIRED_AT, &time::format_description::well_known::Rfc3339).unwrap();
-    store::update(&cfg.tokens_file, |records| {
+    file::update(&cfg.tokens_file, |records| {
         records.iter_mut().find(|r| &*r.name == "bob-exp").unwrap().expires = Some(at);
         Ok(())
     })

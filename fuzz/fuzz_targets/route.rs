@@ -1,7 +1,7 @@
 //! Any request path: routing never panics, and whatever it accepts names, after the upstream decodes the URL once
 //! more, exactly the checked segments; redaction never panics and never lets a generated token through.
 #![no_main]
-use condagate::route::{parse, redact_path, Route};
+use condagate::conda::route::{parse, redact_path, Route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

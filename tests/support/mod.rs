@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use condagate::app::App;
 use condagate::config::Config;
-use condagate::lifecycle::{self, NewToken};
+use condagate::tokens::lifecycle::{self, NewToken};
 use condagate::Server;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};

@@ -812,7 +812,7 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
         };
         if let Some(source) = src {
             for (j, o) in c.owners.iter().enumerate() {
-                if let Some(why) = crate::store::name_problem(o) {
+                if let Some(why) = crate::names::name_problem(o) {
                     p.add(format!("{key}.owners[{j}]"), format!("{o:?} {why}"));
                 }
             }
@@ -839,11 +839,11 @@ fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config {
             p.add(format!("{key}.packages"), e);
             Packages::new(&[]).expect("an empty glob set always builds")
         });
-        if let Some(why) = crate::store::name_problem(&g.name) {
+        if let Some(why) = crate::names::name_problem(&g.name) {
             p.add(format!("{key}.name"), format!("{:?} {why}", g.name));
         }
         for (j, m) in g.members.iter().enumerate() {
-            if let Some(why) = crate::store::name_problem(m) {
+            if let Some(why) = crate::names::name_problem(m) {
                 p.add(format!("{key}.members[{j}]"), format!("{m:?} {why}"));
             }
         }

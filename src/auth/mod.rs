@@ -2,6 +2,8 @@
 //! `Authorization` header, and its check against the token table, with the throttle. The channel file path and the
 //! admin API both come through here.
 
+pub mod throttle;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,11 +12,13 @@ use base64::Engine as _;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
-use crate::app::{App, Snapshot};
 use crate::config::IpNet;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::policy::{Denied, Policy};
-use crate::token::{Digest, Token, TokenRecord};
+use crate::tokens::{Digest, Token, TokenRecord, TokenTable};
+
+use throttle::Throttle;
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the last `X-Forwarded-For` hop that is not.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -93,16 +97,16 @@ pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
 /// cooling down, unless the token is valid: every token condagate issues holds 160 random bits, so a valid one
 /// cannot have been guessed, and one user's typos behind a shared address must not lock out the rest. When the
 /// access log is on, `seen` gets the record whenever the token is known, even if refused. The record is borrowed
-/// from the snapshot, which the caller holds for the request.
+/// from the table, which the caller holds for the request.
 pub fn check_token<'s>(
-    app: &App,
-    snap: &'s Snapshot,
+    (throttle, metrics): (&Throttle, &Metrics),
+    tokens: &'s TokenTable,
     token: &Digest,
     client: IpAddr,
     now: Instant,
     seen: &mut Option<Arc<TokenRecord>>,
 ) -> Result<&'s Arc<TokenRecord>, Error> {
-    let checked = snap.tokens.by_digest(token).ok_or(Denied::Unknown).and_then(|r| {
+    let checked = tokens.by_digest(token).ok_or(Denied::Unknown).and_then(|r| {
         // Kept for the access log only, and only when it is written: a clone is a write to the record's reference
         // count, which every worker serving this token shares.
         if tracing::enabled!(target: "condagate::access", tracing::Level::INFO) {
@@ -113,11 +117,11 @@ pub fn check_token<'s>(
     match checked {
         Ok(r) => Ok(r),
         Err(d) => {
-            if let Some(retry_after) = app.throttle.blocked(client, now) {
+            if let Some(retry_after) = throttle.blocked(client, now) {
                 return Err(Error::Throttled { retry_after });
             }
-            if app.throttle.failure(client, now) {
-                app.metrics.throttled();
+            if throttle.failure(client, now) {
+                metrics.throttled();
                 tracing::warn!(%client, "too many failed token checks; cooling down");
             }
             Err(Error::Denied(d))

@@ -21,15 +21,15 @@ use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 use sha2::{Digest as _, Sha256};
 
-use crate::body::{empty, full, Body};
 use crate::clock;
-use crate::conditional::{self, RangeAsk};
+use crate::conda::filter::{self, ShardIndex};
+use crate::conda::route::{ChannelPath, FileKind};
 use crate::config::{Channel, Source};
 use crate::error::Error;
-use crate::filter::{self, ShardIndex};
+use crate::http::body::{empty, full, Body};
+use crate::http::conditional::{self, RangeAsk};
 use crate::policy::View;
-use crate::route::{ChannelPath, FileKind};
-use crate::upstream::{Document, Refetch, Upstreams};
+use crate::upstream::{Document, Refetch, Upstream};
 
 /// The forms a view is rendered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -208,8 +208,8 @@ impl Views {
     }
 
     /// The current upstream document at `rel`, fetched or revalidated.
-    async fn document(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
-        if let Some(h) = self.current(channel, rel)? {
+    async fn document(&self, up: &dyn Upstream, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
+        if let Some(h) = self.current(up, channel, rel)? {
             return Ok(h);
         }
         // Boxed: the fetch is the cold path, and its state would make every request's future larger.
@@ -217,7 +217,7 @@ impl Views {
     }
 
     /// Fetches a document that is not held, or has changed, and holds it.
-    async fn load(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
+    async fn load(&self, up: &dyn Upstream, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
         // One fetch per document at a time: a burst of first requests reads a large repodata once, not once each.
         // Requests that waited for another's fetch take its outcome, failure included: a mirror that just timed out is
         // not asked again once per waiting request, each waiting out the timeout in turn.
@@ -229,7 +229,7 @@ impl Views {
                 return Err(e.clone());
             }
         }
-        if let Some(h) = self.current(channel, rel)? {
+        if let Some(h) = self.current(up, channel, rel)? {
             return Ok(h);
         }
         let result = {
@@ -242,9 +242,9 @@ impl Views {
     }
 
     /// Asks the upstream for a document and holds what comes back.
-    async fn fetch(&self, up: &Upstreams, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
+    async fn fetch(&self, up: &dyn Upstream, channel: &Channel, rel: &str) -> Result<Arc<Held>, Error> {
         let held = self.held(channel, rel);
-        match up.refetch(&channel.source, rel, held.as_ref().map(|h| h.doc.validator.as_str())).await {
+        match up.document(rel, held.as_ref().map(|h| h.doc.validator.as_str())).await {
             Ok(Refetch::Unchanged) => {
                 let h = held.ok_or_else(|| Error::Internal("unchanged document not held".into()))?;
                 h.checked.store(self.now(), Relaxed);
@@ -316,7 +316,7 @@ impl Views {
 
     /// The held document if it is known to be current without fetching: checked within `upstream.recheck` (or
     /// within the `max-age` an HTTP upstream gave), or a local file whose modification time and size still match.
-    fn current(&self, channel: &Channel, rel: &str) -> Result<Option<Arc<Held>>, Error> {
+    fn current(&self, up: &dyn Upstream, channel: &Channel, rel: &str) -> Result<Option<Arc<Held>>, Error> {
         let Some(h) = self.held(channel, rel) else {
             return Ok(None);
         };
@@ -325,26 +325,23 @@ impl Views {
         if age < fresh_for {
             return Ok(Some(h));
         }
-        match &channel.source {
-            Source::Http { .. } => Ok(None),
-            Source::Dir(root) => match crate::upstream::file_stamp(&root.join(rel)) {
-                Ok(stamp) if Some(stamp) == h.doc.stamp => {
-                    h.checked.store(self.now(), Relaxed);
-                    Ok(Some(h))
-                }
-                Ok(_) => Ok(None),
-                Err(e) => {
-                    self.forget(channel, rel);
-                    Err(e)
-                }
-            },
+        match up.unchanged(rel, &h.doc) {
+            None | Some(Ok(false)) => Ok(None),
+            Some(Ok(true)) => {
+                h.checked.store(self.now(), Relaxed);
+                Ok(Some(h))
+            }
+            Some(Err(e)) => {
+                self.forget(channel, rel);
+                Err(e)
+            }
         }
     }
 
     /// Whether shard `hash` of the path's subdir belongs to a package `view` shows.
     pub async fn shard_visible(
         &self,
-        up: &Upstreams,
+        up: &dyn Upstream,
         channel: &Channel,
         path: &ChannelPath,
         view: &View,
@@ -366,7 +363,7 @@ impl Views {
     /// `Ok(None)` means "serve the upstream file as it is".
     pub async fn serve(
         &self,
-        up: &Upstreams,
+        up: &dyn Upstream,
         channel: &Channel,
         path: &ChannelPath,
         view: &View,
@@ -514,13 +511,14 @@ mod tests {
         let text = "[upstream]\ndir = \"channels\"\n[[channels]]\nname = \"c\"\naccess = \"public\"\n";
         let cfg = Config::from_toml_str(text, dir.path()).unwrap();
         let channel = cfg.channel("c").unwrap();
-        let up = Upstreams::new(cfg.upstream_timeouts);
+        let up =
+            crate::upstream::Upstreams::new(cfg.upstream_timeouts, cfg.upstream_max_document).open(&channel.source);
         let views = Views::new(1 << 20, Duration::from_secs(1));
         for i in 0..50 {
-            let missing = views.document(&up, channel, &format!("sub-{i}/repodata.json")).await;
+            let missing = views.document(&*up, channel, &format!("sub-{i}/repodata.json")).await;
             assert!(matches!(missing, Err(Error::NotFound)), "{:?}", missing.err());
         }
-        assert!(views.document(&up, channel, "noarch/repodata.json").await.is_ok());
+        assert!(views.document(&*up, channel, "noarch/repodata.json").await.is_ok());
         assert_eq!(views.loading.len(), 0, "load gates left behind");
         assert_eq!(views.docs.load().get("c").map_or(0, |d| d.len()), 1, "only the document that exists is held");
     }

@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,9 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::body::Body;
 use crate::clock;
-use crate::metrics::Counted;
+use crate::http::body::Body;
 
 /// How long an HTTP/1.1 connection waits for its next request before it is parked.
 const PARK_AFTER: Duration = Duration::from_millis(250);
@@ -465,5 +465,77 @@ impl AsyncWrite for Wire {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// How many client connections are open, how many of them are parked, and how often one has been parked.
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: AtomicU64,
+    parked: AtomicU64,
+    parks: AtomicU64,
+    /// Connections per worker thread, kept by the running server's workers.
+    workers: std::sync::Mutex<Vec<Arc<AtomicUsize>>>,
+}
+
+impl Connections {
+    /// Appends the connection gauges to a `/metrics` text.
+    pub fn render(&self, s: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(s, "# TYPE condagate_connections_open gauge");
+        let _ = writeln!(s, "condagate_connections_open {}", self.open.load(Relaxed));
+        let _ = writeln!(s, "# TYPE condagate_connections_parked gauge");
+        let _ = writeln!(s, "condagate_connections_parked {}", self.parked.load(Relaxed));
+        let _ = writeln!(s, "# TYPE condagate_connection_parks_total counter");
+        let _ = writeln!(s, "condagate_connection_parks_total {}", self.parks.load(Relaxed));
+        let _ = writeln!(s, "# TYPE condagate_worker_connections gauge");
+        if let Ok(w) = self.workers.lock() {
+            for (i, n) in w.iter().enumerate() {
+                let _ = writeln!(s, "condagate_worker_connections{{worker=\"{i}\"}} {}", n.load(Relaxed));
+            }
+        }
+    }
+
+    /// Counts a connection open until the guard drops.
+    pub fn open(self: &Arc<Self>) -> Counted {
+        self.open.fetch_add(1, Relaxed);
+        Counted { gauges: Arc::clone(self), parked: false }
+    }
+
+    /// Reports these per-worker connection counts from now on.
+    pub(crate) fn set_workers(&self, loads: Vec<Arc<AtomicUsize>>) {
+        if let Ok(mut w) = self.workers.lock() {
+            *w = loads;
+        }
+    }
+}
+
+/// One open connection, counted in [`Connections`] until dropped.
+#[derive(Debug)]
+pub struct Counted {
+    gauges: Arc<Connections>,
+    parked: bool,
+}
+
+impl Counted {
+    /// Counts the connection as parked (`true`) or served by hyper again (`false`).
+    pub fn set_parked(&mut self, parked: bool) {
+        if parked == self.parked {
+            return;
+        }
+        self.parked = parked;
+        if parked {
+            self.gauges.parks.fetch_add(1, Relaxed);
+            self.gauges.parked.fetch_add(1, Relaxed);
+        } else {
+            self.gauges.parked.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set_parked(false);
+        self.gauges.open.fetch_sub(1, Relaxed);
     }
 }

@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::upstream::FileStamp;
+use crate::stamp::FileStamp;
 
 /// Loads a PEM certificate chain and private key into a [`CertifiedKey`]; errors name the file at fault.
 pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {

@@ -16,10 +16,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::token::{hex_digit, Digest, MalformedToken, Token};
-
-/// Longest request target (path and query) condagate reads; longer ones get 414.
-pub const MAX_URI: usize = 8192;
+use crate::tokens::token::hex_digit;
+use crate::tokens::{Digest, MalformedToken, Token};
 
 /// Why a path is refused before any authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -524,7 +522,7 @@ fn without_token_runs(raw: &[u8]) -> Vec<u8> {
 /// are taken.
 fn token_run_at(s: &[u8]) -> Option<usize> {
     fn one(s: &[u8]) -> Option<usize> {
-        if s.len() < 3 || !s[..3].eq_ignore_ascii_case(crate::token::TOKEN_PREFIX.as_bytes()) {
+        if s.len() < 3 || !s[..3].eq_ignore_ascii_case(crate::tokens::TOKEN_PREFIX.as_bytes()) {
             return None;
         }
         let run = s[3..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();

@@ -21,6 +21,8 @@
 //! | `PUT`/`DELETE /api/channels/<c>/groups/<g>/members/<user>` | api:modify-group, owner of `c` | group membership |
 //! | `PUT`/`DELETE /api/channels/<c>/groups/<g>/packages/<glob>` | api:modify-group, owner of `c` | group packages |
 
+pub mod groups;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -33,13 +35,14 @@ use time::OffsetDateTime;
 
 use crate::app::{App, Snapshot};
 use crate::auth::{check_token, header_scheme, header_token, Scheme};
-use crate::body::{full, Body};
+use crate::clock::format_time;
 use crate::config::Config;
 use crate::error::Error;
-use crate::lifecycle::{self, NewToken};
+use crate::http::body::{full, Body};
 use crate::policy::{self, Denied};
-use crate::store::{format_time, StoreError};
-use crate::token::{Scope, TokenRecord};
+use crate::tokens::lifecycle::{self, NewToken};
+use crate::tokens::StoreError;
+use crate::tokens::{Scope, TokenRecord};
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -108,18 +111,23 @@ fn identify(
         .map_err(|_| unauthorized("the token given is malformed"))?
         .ok_or_else(|| unauthorized("authentication required: send Authorization: token <TOKEN>"))?;
     let mut seen = None;
-    check_token(app, snap, &token.digest(), peer.ip(), std::time::Instant::now(), &mut seen)
-        .map_err(|e| match e {
-            Error::Throttled { retry_after } => {
-                err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {retry_after} s"))
-            }
-            Error::Denied(Denied::Expired(at)) => {
-                unauthorized(&format!("the token given expired at {}", format_time(at)))
-            }
-            Error::Denied(Denied::Revoked) => unauthorized("the token given has been revoked"),
-            _ => unauthorized("the token given is invalid"),
-        })
-        .cloned()
+    check_token(
+        (&app.throttle, &app.metrics),
+        &snap.tokens,
+        &token.digest(),
+        peer.ip(),
+        std::time::Instant::now(),
+        &mut seen,
+    )
+    .map_err(|e| match e {
+        Error::Throttled { retry_after } => {
+            err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {retry_after} s"))
+        }
+        Error::Denied(Denied::Expired(at)) => unauthorized(&format!("the token given expired at {}", format_time(at))),
+        Error::Denied(Denied::Revoked) => unauthorized("the token given has been revoked"),
+        _ => unauthorized("the token given is invalid"),
+    })
+    .cloned()
 }
 
 fn need(who: &TokenRecord, scope: Scope) -> Result<(), ApiError> {
@@ -291,7 +299,7 @@ async fn route(
                 return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
             }
             let add = *m == Method::PUT;
-            crate::groups::change(config, channel, group, what, item, add).map_err(|e| err(e.0, e.1))?;
+            crate::admin::groups::change(config, channel, group, what, item, add).map_err(|e| err(e.0, e.1))?;
             app.reload_all().map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?;
             Ok((StatusCode::OK, json!({"channel": channel, "group": group, *what: item, "added": add})))
         }

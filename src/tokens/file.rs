@@ -15,17 +15,18 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use fs4::fs_std::FileExt;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::token::{Digest, Scope, Scopes, Token, TokenRecord};
+use crate::clock::format_time;
+use crate::tokens::table::DigestHasher;
+use crate::tokens::{Digest, Scope, Scopes, TokenRecord};
 
 /// A failure reading or writing the tokens file. The message names the file and, where it can, the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -74,94 +75,11 @@ struct RawRecord {
     channels: Option<Vec<String>>,
 }
 
-/// Hashes a [`Digest`] by its first eight bytes: they are already uniformly random, so running SipHash over them again
-/// would only cost time on every request.
-#[derive(Default)]
-pub struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(buf);
-        }
-    }
-}
-
-/// The in-memory token table the request path consults: the records, and an index from digest to record whose
-/// slots are one pointer each (a million tokens index in about 18 MB), so a lookup touches the slot and the record.
-#[derive(Default)]
-pub struct TokenTable {
-    index: hashbrown::HashTable<Arc<TokenRecord>>,
-    records: Vec<Arc<TokenRecord>>,
-}
-
-impl std::fmt::Debug for TokenTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenTable").field("tokens", &self.records.len()).finish()
-    }
-}
-
-/// A digest's hash: its first eight bytes, which are already uniformly random.
-fn digest_hash(d: &Digest) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d.0[..8]);
-    u64::from_le_bytes(b)
-}
-
-impl TokenTable {
-    /// Builds the table from records.
-    pub fn new(records: Vec<TokenRecord>) -> Self {
-        let records: Vec<Arc<TokenRecord>> = records.into_iter().map(Arc::new).collect();
-        let mut index = hashbrown::HashTable::with_capacity(records.len());
-        for r in &records {
-            index.insert_unique(digest_hash(&r.digest), Arc::clone(r), |r| digest_hash(&r.digest));
-        }
-        TokenTable { index, records }
-    }
-
-    /// The record for a presented token, if any.
-    pub fn lookup(&self, token: &Token) -> Option<&Arc<TokenRecord>> {
-        self.by_digest(&token.digest())
-    }
-
-    /// The record stored under a digest, if any.
-    pub fn by_digest(&self, digest: &Digest) -> Option<&Arc<TokenRecord>> {
-        self.index.find(digest_hash(digest), |r| r.digest == *digest)
-    }
-
-    /// Every record, in file order.
-    pub fn records(&self) -> &[Arc<TokenRecord>] {
-        &self.records
-    }
-
-    /// Number of tokens.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    /// Whether there are no tokens.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-}
-
 fn parse_time(path: &Path, key: &str, value: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(value, &Rfc3339).map_err(|e| StoreError::Invalid {
         path: path.to_owned(),
         message: format!("{key}: {value:?} is not an RFC 3339 time ({e})"),
     })
-}
-
-/// Formats a time the way the tokens file and the CLI show it.
-pub fn format_time(t: OffsetDateTime) -> String {
-    // Whole seconds: enough for expiry, and columns line up.
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 fn from_raw(path: &Path, index: usize, raw: RawRecord) -> Result<TokenRecord, StoreError> {
@@ -422,86 +340,10 @@ fn lock_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Whether `name` is acceptable as a token name: non-empty, printable, no control characters.
-pub fn valid_name(name: &str) -> bool {
-    name_problem(name).is_none()
-}
-
-/// What makes `name` unusable as a token, user, group or member name, if anything: empty, longer than 200 bytes, or
-/// holding a character that would make listings and logs show something other than what is stored.
-pub fn name_problem(name: &str) -> Option<String> {
-    if name.trim().is_empty() {
-        return Some("is empty".into());
-    }
-    if name.len() > 200 {
-        return Some("is longer than 200 bytes".into());
-    }
-    name.chars().find(|c| lying_char(*c)).map(|c| {
-        format!(
-            "holds U+{:04X}, a control, format or separator character (Unicode Cc, Cf, Zl, Zp) that would make \
-             listings and logs show something else",
-            u32::from(c)
-        )
-    })
-}
-
-/// Whether `c` is in Unicode's categories Cc (controls), Cf (format: bidirectional overrides, zero-width
-/// characters, soft hyphen, tags…), Zl or Zp (line and paragraph separators).
-pub fn lying_char(c: char) -> bool {
-    if c.is_control() {
-        return true;
-    }
-    matches!(
-        u32::from(c),
-        0x00AD
-            | 0x0600..=0x0605
-            | 0x061C
-            | 0x06DD
-            | 0x070F
-            | 0x0890..=0x0891
-            | 0x08E2
-            | 0x180E
-            | 0x200B..=0x200F
-            | 0x2028..=0x202E
-            | 0x2060..=0x2064
-            | 0x2066..=0x206F
-            | 0xFEFF
-            | 0xFFF9..=0xFFFB
-            | 0x110BD
-            | 0x110CD
-            | 0x13430..=0x1343F
-            | 0x1BCA0..=0x1BCA3
-            | 0x1D173..=0x1D17A
-            | 0xE0001
-            | 0xE0020..=0xE007F
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_that_would_lie_are_refused() {
-        for bad in [
-            "a\u{202E}b",
-            "a\u{2028}b",
-            "a\u{2029}b",
-            "a\u{200B}b",
-            "a\u{2066}b",
-            "a\u{FEFF}",
-            "a\u{85}",
-            "a\nb",
-            "\u{E0041}",
-            " ",
-        ] {
-            assert!(!valid_name(bad), "{bad:?}");
-        }
-        assert!(name_problem("laptop\u{202E}").unwrap().contains("U+202E"));
-        for good in ["laptop", "ci-runner 2", "café", "日本", "bob.smith"] {
-            assert!(valid_name(good), "{good:?}");
-        }
-    }
+    use crate::tokens::{Token, TokenTable};
 
     fn record(name: &str, secret: &str) -> TokenRecord {
         TokenRecord {

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use crate::metrics::Connections;
+use crate::http::conn::Connections;
 
 /// The running lanes. Dropping them stops every lane, cutting the connections it still serves.
 pub(crate) struct Lanes {

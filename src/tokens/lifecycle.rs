@@ -4,9 +4,11 @@ use std::path::Path;
 
 use time::{Duration, OffsetDateTime};
 
+use crate::clock::format_time;
 use crate::config::Config;
-use crate::store::{self, StoreError};
-use crate::token::{Scope, Token, TokenRecord};
+use crate::names::name_problem;
+use crate::tokens::file::{self, StoreError};
+use crate::tokens::{Scope, Token, TokenRecord};
 
 /// How long a token lives when no expiry is given: one year, as on anaconda.org.
 pub const DEFAULT_LIFETIME: Duration = Duration::days(365);
@@ -40,10 +42,10 @@ pub fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, StoreError> {
 
 /// Creates a token: checks the request, stores the digest, and returns the secret (to be shown once) and record.
 pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(Token, TokenRecord), StoreError> {
-    if let Some(why) = store::name_problem(&new.name) {
+    if let Some(why) = name_problem(&new.name) {
         return Err(StoreError::Refused(format!("the token name {:?} {why}", new.name)));
     }
-    if let Some(why) = store::name_problem(&new.user) {
+    if let Some(why) = name_problem(&new.user) {
         return Err(StoreError::Refused(format!("the user name {:?} {why}", new.user)));
     }
     let scopes = parse_scopes(&new.scopes)?;
@@ -55,8 +57,8 @@ pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(To
     if let Some(e) = new.expires.filter(|e| *e <= now) {
         return Err(StoreError::Refused(format!(
             "the token's expiry time {} is not after now ({})",
-            store::format_time(e),
-            store::format_time(now)
+            format_time(e),
+            format_time(now)
         )));
     }
     let token = Token::generate();
@@ -71,7 +73,7 @@ pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(To
         channels: new.channels,
     };
     let stored = record.clone();
-    store::update(&config.tokens_file, move |records| {
+    file::update(&config.tokens_file, move |records| {
         if records.iter().any(|r| r.user == stored.user && r.name == stored.name && r.revoked.is_none()) {
             return Err(StoreError::Refused(format!(
                 "user {:?} already has a token named {:?} (revoke it first, or choose another name)",
@@ -91,7 +93,7 @@ pub fn revoke(
     user: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<TokenRecord, StoreError> {
-    store::update(tokens_file, |records| {
+    file::update(tokens_file, |records| {
         let matching: Vec<usize> = records
             .iter()
             .enumerate()

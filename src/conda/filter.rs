@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use memchr::memchr2;
 
-use crate::route::package_name_of_key;
+use crate::conda::route::package_name_of_key;
 
 /// A document that is not the JSON or msgpack shape repodata has.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

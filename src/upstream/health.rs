@@ -5,12 +5,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use dashmap::DashMap;
 
 use crate::config::Config;
-use crate::upstream::Upstreams;
+use crate::upstream::ChannelUpstreams;
 
 /// The last known state of one channel's upstream.
 #[derive(Debug, Clone)]
@@ -65,21 +65,10 @@ impl UpstreamHealth {
     }
 
     /// Probes every channel's upstream once, concurrently, and records the results.
-    pub async fn probe_all(self: &Arc<Self>, upstreams: &Upstreams, config: &Config) {
-        let probes = config.channels.iter().map(|c| async move { (c.name.as_str(), upstreams.probe(&c.source).await) });
+    pub async fn probe_all(self: &Arc<Self>, upstreams: &ChannelUpstreams) {
+        let probes = upstreams.iter().map(|(name, up)| async move { (name, up.probe().await) });
         for (name, result) in futures_util::future::join_all(probes).await {
             self.record(name, result);
         }
-    }
-}
-
-/// Probes the upstreams of the current configuration every `every`, until the task is aborted.
-pub async fn probe_loop(app: Arc<crate::app::App>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let config = Arc::clone(&app.current().config);
-        app.health.probe_all(&app.upstreams, &config).await;
     }
 }

@@ -1,0 +1,11 @@
+//! Tokens: the secret and its digest, the records, the in-memory table every request reads, and the store that
+//! holds them (the tokens file by default).
+
+pub mod file;
+pub mod lifecycle;
+pub mod table;
+pub mod token;
+
+pub use file::StoreError;
+pub use table::TokenTable;
+pub use token::{Digest, MalformedToken, Scope, Scopes, Token, TokenRecord, TokenStatus, TOKEN_PREFIX};
