@@ -14,8 +14,8 @@ use crate::config::Config;
 use crate::http::tls::CertStore;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::stamp::FileStamp;
-use crate::tokens::{file, TokenTable};
+use crate::tokens::store::{self, TokenStore};
+use crate::tokens::TokenTable;
 use crate::upstream::health::UpstreamHealth;
 use crate::upstream::{ChannelUpstreams, Upstreams};
 
@@ -66,8 +66,8 @@ impl Snapshot {
     }
 }
 
-/// What the writers of the serving state keep between updates, under one lock: the generations being served, the
-/// failures still standing, and the tokens file's stamp.
+/// What the writers of the serving state leave for readers: the generations being served and the failures still
+/// standing.
 #[derive(Debug, Default, Clone)]
 pub struct ReloadStatus {
     /// How many configurations have been put in force (1 = the one started with).
@@ -80,7 +80,6 @@ pub struct ReloadStatus {
     pub tokens_error: Option<String>,
     /// Why the last certificate reload was refused; cleared by the next one that succeeds.
     pub tls_error: Option<String>,
-    tokens_stamp: Option<FileStamp>,
 }
 
 impl ReloadStatus {
@@ -94,7 +93,7 @@ impl ReloadStatus {
     }
 }
 
-/// A pause between reading a tokens file and putting it in force, for tests that need an update to be slow.
+/// A pause between reading the tokens and putting them in force, for tests that need an update to be slow.
 type Hook = Arc<dyn Fn() + Send + Sync>;
 
 /// Everything a running server shares between connections.
@@ -102,11 +101,13 @@ type Hook = Arc<dyn Fn() + Send + Sync>;
 /// Every update of the serving state (a configuration reload, a tokens reload, an admin API write) holds one lock,
 /// `updates`, from reading the current snapshot to storing the next: updates are serialized, each builds on the state
 /// the previous one stored, and only the part that changed is rebuilt. None can undo another. Readers never take
-/// the lock.
+/// that lock; they read the snapshot, and the status under a lock held only to copy it.
 pub struct App {
     snapshot: ArcSwap<Snapshot>,
-    /// The upstream client.
+    /// Opens the channels' upstreams.
     pub upstreams: Upstreams,
+    /// Where the tokens are kept.
+    pub store: Arc<dyn TokenStore>,
     /// Cached repodata views.
     pub views: Views,
     /// Counters for `/metrics`.
@@ -117,7 +118,8 @@ pub struct App {
     pub tls: Option<Arc<CertStore>>,
     /// What is known of each channel's upstream.
     pub health: Arc<UpstreamHealth>,
-    updates: Mutex<ReloadStatus>,
+    updates: tokio::sync::Mutex<()>,
+    status: Mutex<ReloadStatus>,
     /// Test support: a request for exactly this path, which must be one condagate does not serve, panics in its
     /// handler (see [`App::set_panic_path`]).
     #[doc(hidden)]
@@ -125,30 +127,41 @@ pub struct App {
     tokens_read_hook: Mutex<Option<Hook>>,
 }
 
+/// Runs blocking work (reading files) off the worker threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("a reload task failed: {e}"))
+}
+
 impl App {
-    /// Builds the state from a checked configuration, reading its tokens file.
-    pub fn new(config: Config) -> Result<Self, anyhow::Error> {
-        let tokens_stamp = FileStamp::read(&config.tokens_file);
-        let tokens = TokenTable::new(file::load(&config.tokens_file)?);
+    /// Builds the state from a checked configuration, loading its tokens.
+    pub async fn new(config: Config) -> Result<Self, anyhow::Error> {
+        let store = store::open(&config);
+        let tokens = TokenTable::new(store.load().await?);
         let upstreams = Upstreams::new(config.upstream_timeouts, config.upstream_max_document);
         let views = Views::new(config.cache_max_bytes, config.upstream_recheck);
         let t = config.server.throttle;
         let throttle = Throttle::new(t.failures, t.window, t.cooldown).with_ipv6_prefix(t.ipv6_prefix);
-        let tls = match &config.server.tls {
-            Some(paths) => Some(Arc::new(CertStore::new(&paths.cert, &paths.key).map_err(anyhow::Error::msg)?)),
+        let tls = match config.server.tls.clone() {
+            Some(paths) => {
+                let certs =
+                    blocking(move || CertStore::new(&paths.cert, &paths.key)).await.map_err(anyhow::Error::msg)?;
+                Some(Arc::new(certs.map_err(anyhow::Error::msg)?))
+            }
             None => None,
         };
         let snapshot = Snapshot::new(config, &upstreams, Arc::new(tokens));
-        let status = ReloadStatus { config_generation: 1, tokens_generation: 1, tokens_stamp, ..Default::default() };
+        let status = ReloadStatus { config_generation: 1, tokens_generation: 1, ..Default::default() };
         Ok(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             upstreams,
+            store,
             views,
             metrics: Metrics::default(),
             throttle,
             tls,
             health: Arc::default(),
-            updates: Mutex::new(status),
+            updates: tokio::sync::Mutex::new(()),
+            status: Mutex::new(status),
             panic_path: std::sync::OnceLock::new(),
             tokens_read_hook: Mutex::new(None),
         })
@@ -165,19 +178,19 @@ impl App {
         self.snapshot.load()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ReloadStatus> {
+    fn status(&self) -> std::sync::MutexGuard<'_, ReloadStatus> {
         // A panic while holding the lock left the status as it was before that update: still consistent.
-        self.updates.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The generations served and the failures still standing.
     pub fn reload_status(&self) -> ReloadStatus {
-        self.lock().clone()
+        self.status().clone()
     }
 
     /// The standing reload failures, configuration first, or `None` when every part last loaded fine.
     pub fn reload_error(&self) -> Option<String> {
-        self.lock().error()
+        self.status().error()
     }
 
     /// Test support: a request for exactly `path` (a path condagate does not serve) panics in its handler, to show
@@ -187,49 +200,34 @@ impl App {
         let _ = self.panic_path.set(path.to_owned());
     }
 
-    /// Test support: `hook` runs in every tokens reload after the file is read and before it is put in force.
+    /// Test support: `hook` runs in every tokens reload after the tokens are read and before they are put in force.
     #[doc(hidden)]
     pub fn set_tokens_read_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
         *self.tokens_read_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(hook));
     }
 
-    fn after_tokens_read(&self) {
+    async fn after_tokens_read(&self) {
         let hook = self.tokens_read_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if let Some(h) = hook {
-            h();
+            let _ = blocking(move || h()).await;
         }
     }
 
-    /// Re-reads the tokens file if it changed since the last look. Returns whether it reloaded.
-    pub fn reload_tokens_if_changed(&self) -> Result<bool, String> {
-        let mut status = self.lock();
-        let now = FileStamp::read(&self.current().config.tokens_file);
-        if status.tokens_stamp == now {
-            return Ok(false);
-        }
-        self.reload_tokens_locked(&mut status).map(|()| true)
-    }
-
-    /// Re-reads the tokens file; on failure the old tokens stay in force.
-    pub fn reload_tokens(&self) -> Result<(), String> {
-        let mut status = self.lock();
-        self.reload_tokens_locked(&mut status)
-    }
-
-    fn reload_tokens_locked(&self, status: &mut ReloadStatus) -> Result<(), String> {
+    /// Reads the tokens from the store again; on failure the old tokens stay in force.
+    pub async fn reload_tokens(&self) -> Result<(), String> {
+        let _turn = self.updates.lock().await;
         let snap = self.snapshot();
-        let tokens = self.read_tokens(&snap.config.tokens_file, status)?;
+        let tokens = self.read_tokens().await?;
         self.snapshot.store(Arc::new(snap.with_tokens(tokens)));
-        tracing::info!(tokens_generation = status.tokens_generation, "tokens reloaded");
+        tracing::info!(tokens_generation = self.status().tokens_generation, "tokens reloaded");
         Ok(())
     }
 
-    /// Reads the tokens file at `path` for the next snapshot, noting in `status` its stamp (even on failure, so a
-    /// broken file is reported once, not every poll), the new generation or the failure.
-    fn read_tokens(&self, path: &std::path::Path, status: &mut ReloadStatus) -> Result<Arc<TokenTable>, String> {
-        status.tokens_stamp = FileStamp::read(path);
-        let loaded = file::load(path).map_err(|e| e.to_string());
-        self.after_tokens_read();
+    /// Reads the tokens for the next snapshot, noting the new generation or the failure.
+    async fn read_tokens(&self) -> Result<Arc<TokenTable>, String> {
+        let loaded = self.store.load().await.map_err(|e| e.to_string());
+        self.after_tokens_read().await;
+        let mut status = self.status();
         match loaded {
             Ok(records) => {
                 status.tokens_generation += 1;
@@ -244,36 +242,49 @@ impl App {
         }
     }
 
-    /// Re-reads the configuration file (when the server was started from one) and the tokens file. The listen
-    /// address, upstream timeouts and cache size are fixed at start; everything else takes effect at once. A
-    /// configuration that fails its checks is refused whole and reported until one passes; a tokens file that fails
-    /// keeps the previous tokens in force beside the new configuration, and is reported on its own.
-    pub fn reload_all(&self) -> Result<(), String> {
-        let mut status = self.lock();
+    /// Re-reads the configuration file (when the server was started from one), the tokens and the certificate. The
+    /// listen address, the tokens store, upstream timeouts and cache size are fixed at start; everything else takes
+    /// effect at once. A configuration that fails its checks is refused whole and reported until one passes; tokens
+    /// that fail to load keep the previous tokens in force beside the new configuration, and are reported on their
+    /// own.
+    pub async fn reload_all(&self) -> Result<(), String> {
+        let _turn = self.updates.lock().await;
         let snap = self.snapshot();
-        let tls = self.tls.as_ref().map_or(Ok(()), |t| t.reload());
-        status.tls_error = tls.as_ref().err().cloned();
+        let tls = match self.tls.clone() {
+            Some(t) => blocking(move || t.reload()).await.and_then(|r| r),
+            None => Ok(()),
+        };
+        self.status().tls_error = tls.as_ref().err().cloned();
         if let Err(e) = &tls {
             tracing::error!(error = %e, "certificate reload refused; the previous certificate keeps serving");
         }
         let Some(path) = snap.config.path.clone() else {
-            return self.reload_tokens_locked(&mut status).and(tls);
+            let tokens = self.read_tokens().await;
+            if let Ok(t) = &tokens {
+                self.snapshot.store(Arc::new(snap.with_tokens(Arc::clone(t))));
+            }
+            return tokens.map(|_| ()).and(tls);
         };
-        let config = match Config::load(&path) {
+        let shown = path.display().to_string();
+        let config = match blocking(move || Config::load(&path)).await? {
             Ok(c) => c,
             Err(e) => {
                 let why = e.problems.join("; ");
-                tracing::error!(error = %why, file = %path.display(), "configuration reload refused; the previous one keeps serving");
-                status.config_error = Some(why.clone());
+                tracing::error!(error = %why, file = %shown, "configuration reload refused; the previous one keeps serving");
+                self.status().config_error = Some(why.clone());
                 return Err(why);
             }
         };
         if config.server.listen != snap.config.server.listen {
             tracing::warn!("server.listen changed; the new address takes effect after a restart");
         }
-        let tokens = self.read_tokens(&config.tokens_file, &mut status);
+        if config.tokens_file != snap.config.tokens_file {
+            tracing::warn!("tokens.file changed; the new store takes effect after a restart");
+        }
+        let tokens = self.read_tokens().await;
         let table = tokens.as_ref().map_or_else(|_| Arc::clone(&snap.tokens), Arc::clone);
         self.snapshot.store(Arc::new(Snapshot::new(config, &self.upstreams, table)));
+        let mut status = self.status();
         status.config_generation += 1;
         status.config_error = None;
         tracing::info!(

@@ -15,7 +15,7 @@ use condagate::config::{Config, LogFormat};
 use condagate::policy::{self, Policy};
 use condagate::tokens::lifecycle::{self, NewToken};
 use condagate::tokens::Token;
-use condagate::tokens::{file, TokenTable};
+use condagate::tokens::{store, TokenTable};
 use condagate::Server;
 
 const DEFAULT_CONFIG: &str = "config/condagate.toml";
@@ -175,7 +175,7 @@ async fn serve(config_path: &Path, listen: Option<String>) -> anyhow::Result<()>
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let server = Server::new(config)?;
+    let server = Server::new(config).await?;
     let app = server.app();
     tracing::info!(%addr, "condagate listening");
     println!("condagate listening on http://{addr}");
@@ -188,7 +188,7 @@ async fn serve(config_path: &Path, listen: Option<String>) -> anyhow::Result<()>
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 let app = Arc::clone(&app);
-                let _ = tokio::task::spawn_blocking(move || app.reload_all()).await;
+                let _ = app.reload_all().await;
             }
         });
     }
@@ -220,7 +220,7 @@ fn split_list(s: &str) -> Vec<String> {
     s.split([' ', ',']).filter(|x| !x.is_empty()).map(str::to_owned).collect()
 }
 
-fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
+async fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     match cmd {
         TokenCommand::Create { config, name, user, scopes, expires_in, expires, no_expiry, channels } => {
@@ -249,7 +249,8 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
                 expires,
                 channels: channels.as_deref().map(split_list),
             };
-            let (token, record) = lifecycle::create(&config, new, now)?;
+            let (token, record) = lifecycle::prepare(&config, new, now)?;
+            store::open(&config).create(record.clone()).await?;
             println!(
                 "created token {:?} for user {:?}: scopes {}, expires {}",
                 record.name,
@@ -262,7 +263,7 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { config, user } => {
             let config = load_config(&config)?;
-            let records = file::load(&config.tokens_file)?;
+            let records = store::open(&config).load().await?;
             println!("{:<20} {:<12} {:<30} {:<21} {:<21} STATUS", "NAME", "USER", "SCOPES", "CREATED", "EXPIRES");
             for r in records.iter().filter(|r| user.as_deref().is_none_or(|u| *r.user == *u)) {
                 let scopes = r.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(" ");
@@ -279,7 +280,7 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { config, name, user } => {
             let config = load_config(&config)?;
-            let r = lifecycle::revoke(&config.tokens_file, &name, user.as_deref(), now)?;
+            let r = store::open(&config).revoke(&name, user.as_deref(), now).await?;
             println!("revoked token {:?} of user {:?}", r.name, r.user);
         }
         TokenCommand::Info { config, token } => {
@@ -292,7 +293,7 @@ fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
                 token
             };
             let token = Token::parse(&secret).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let table = TokenTable::new(file::load(&config.tokens_file)?);
+            let table = TokenTable::new(store::open(&config).load().await?);
             let r = table.lookup(&token).context("no such token")?;
             println!("name:    {}", r.name);
             println!("user:    {}", r.user);
@@ -348,7 +349,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Token { command } => token_command(command),
+        Command::Token { command } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(token_command(command))),
         Command::Explain { config, user, channel } => {
             load_config(&config).map(|c| print_reach(&c, &user, channel.as_deref(), None))
         }

@@ -420,8 +420,8 @@ pub struct Server {
 
 impl Server {
     /// Builds the state from a checked configuration.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        Ok(Server { app: Arc::new(App::new(config)?) })
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        Ok(Server { app: Arc::new(App::new(config).await?) })
     }
 
     /// The shared state, for reloads and inspection.
@@ -434,7 +434,8 @@ impl Server {
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let app = self.app;
         let cfg = app.snapshot().config.clone();
-        let watcher = tokio::spawn(watch_tokens(Arc::clone(&app), cfg.tokens_watch_interval));
+        let watcher = tokio::spawn(watch_tokens(Arc::clone(&app)));
+        let certificates = tokio::spawn(watch_certificates(Arc::clone(&app), cfg.tokens_watch_interval));
         let prober = tokio::spawn(probe_loop(Arc::clone(&app), cfg.upstream_probe_interval));
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256);
@@ -508,6 +509,7 @@ impl Server {
         app.health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(listener);
         watcher.abort();
+        certificates.abort();
         prober.abort();
         tracing::info!("draining connections");
         let _ = stop_tx.send(true);
@@ -533,24 +535,27 @@ async fn probe_loop(app: Arc<App>, every: std::time::Duration) {
     }
 }
 
-/// Polls the tokens file (and the TLS certificate files) and reloads them when they change.
-async fn watch_tokens(app: Arc<App>, every: std::time::Duration) {
+/// Reloads the tokens whenever the store says they changed.
+async fn watch_tokens(app: Arc<App>) {
+    loop {
+        app.store.changed().await;
+        let _ = app.reload_tokens().await;
+    }
+}
+
+/// Polls the TLS certificate files and reloads them when they change.
+async fn watch_certificates(app: Arc<App>, every: std::time::Duration) {
+    let Some(tls) = app.tls.clone() else { return };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let app2 = Arc::clone(&app);
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = app2.reload_tokens_if_changed();
-            if let Some(tls) = &app2.tls {
-                let _ = tls.reload_if_changed();
-            }
-        })
-        .await;
+        let tls = Arc::clone(&tls);
+        let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
     }
 }
 
 /// Serves `config` on `listener` until `shutdown` resolves. The one entry point `main` and the tests share.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    Server::new(config)?.run(listener, shutdown).await
+    Server::new(config).await?.run(listener, shutdown).await
 }

@@ -463,9 +463,9 @@ async fn private_shard_indexes_are_revalidated_not_downloaded_again() {
     eprintln!("second private sharded solve: {revalidated} answers 304");
 
     let cfg = demo.config();
-    condagate::tokens::lifecycle::revoke(&cfg.tokens_file, "bob-shards", Some("bob"), time::OffsetDateTime::now_utc())
+    condagate::tokens::file::revoke(&cfg.tokens_file, "bob-shards", Some("bob"), time::OffsetDateTime::now_utc())
         .unwrap();
-    proxy.app.reload_tokens().unwrap();
+    proxy.app.reload_tokens().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let third = client.run_with("shards-3", "shards", &channel, "alpha", &[], &[], "solve-failure").await;
     third.assert_ok();

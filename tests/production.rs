@@ -340,7 +340,7 @@ async fn tls_with_a_missing_or_broken_key_is_refused_naming_the_file() {
     let demo = Demo::with(LOCAL_UPSTREAM, "tls = { cert = \"cert.pem\", key = \"no-such-key.pem\" }");
     let (cert, _, _) = self_signed();
     std::fs::write(demo.path().join("cert.pem"), &cert).unwrap();
-    let err = match condagate::Server::new(demo.config()) {
+    let err = match condagate::Server::new(demo.config()).await {
         Ok(_) => panic!("a TLS config with a missing key was accepted"),
         Err(e) => format!("{e:#}"),
     };
@@ -349,7 +349,7 @@ async fn tls_with_a_missing_or_broken_key_is_refused_naming_the_file() {
     let demo = Demo::with(LOCAL_UPSTREAM, "tls = { cert = \"cert.pem\", key = \"garbage-key.pem\" }");
     std::fs::write(demo.path().join("cert.pem"), &cert).unwrap();
     std::fs::write(demo.path().join("garbage-key.pem"), "this is not a key\n").unwrap();
-    let err = match condagate::app::App::new(demo.config()) {
+    let err = match condagate::app::App::new(demo.config()).await {
         Ok(_) => panic!("a TLS config with an unreadable key was accepted"),
         Err(e) => format!("{e:#}"),
     };
@@ -1037,7 +1037,7 @@ async fn no_token_appears_in_logs_metrics_or_error_bodies() {
     let noscope = demo.token("sec-noscope", "alice", "api:read api:write");
     let bob = demo.token("sec-bob", "bob", "conda:download");
     let revoked = demo.token("sec-revoked", "bob", "conda:download");
-    condagate::tokens::lifecycle::revoke(&demo.config().tokens_file, "sec-revoked", Some("bob"), now).unwrap();
+    condagate::tokens::file::revoke(&demo.config().tokens_file, "sec-revoked", Some("bob"), now).unwrap();
     let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let expired = demo.token_with("sec-expired", "carol", "conda", Some(expires_at), None);
     let unknown = "cg-UnknownButWellFormed0123456789ABCDEFGH".to_owned();
@@ -1396,7 +1396,7 @@ async fn a_sighup_style_reload_refuses_a_broken_certificate_and_takes_a_good_one
     let proxy = Proxy::start(demo.config()).await;
     // `App::reload_all` is what SIGHUP runs. A broken key is refused, named, and shown by /healthz.
     replace_file(&key_path, "not a key");
-    let err = proxy.app.reload_all().unwrap_err();
+    let err = proxy.app.reload_all().await.unwrap_err();
     assert!(err.contains("key.pem"), "{err}");
     let tls = tls_connect(proxy.addr, tls_client_config(&[&der1], &[b"http/1.1"]), "localhost").await;
     assert_eq!(leaf(&tls), der1, "the old certificate must keep serving");
@@ -1404,7 +1404,7 @@ async fn a_sighup_style_reload_refuses_a_broken_certificate_and_takes_a_good_one
     let (cert2, key2, der2) = self_signed();
     replace_file(&cert_path, &cert2);
     replace_file(&key_path, &key2);
-    proxy.app.reload_all().unwrap();
+    proxy.app.reload_all().await.unwrap();
     assert_eq!(proxy.app.reload_error(), None);
     let tls = tls_connect(proxy.addr, tls_client_config(&[&der2], &[b"http/1.1"]), "localhost").await;
     assert_eq!(leaf(&tls), der2);

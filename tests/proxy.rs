@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use condagate::config::Config;
-use condagate::tokens::{file, lifecycle};
+use condagate::tokens::file;
 use http_body_util::BodyExt;
 use time::OffsetDateTime;
 
@@ -126,7 +126,7 @@ fn tokens(demo: &Demo) -> Tokens {
     let revoked = demo.token("bob-old", "bob", "all");
     let expired = demo.token("bob-exp", "bob", "conda:download");
     let cfg = demo.config();
-    lifecycle::revoke(&cfg.tokens_file, "bob-old", Some("bob"), OffsetDateTime::now_utc()).unwrap();
+    file::revoke(&cfg.tokens_file, "bob-old", Some("bob"), OffsetDateTime::now_utc()).unwrap();
     let at = OffsetDateTime::parse(EXPIRED_AT, &time::format_description::well_known::Rfc3339).unwrap();
     file::update(&cfg.tokens_file, |records| {
         records.iter_mut().find(|r| &*r.name == "bob-exp").unwrap().expires = Some(at);

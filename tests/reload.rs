@@ -66,27 +66,28 @@ async fn a_config_reload_landing_inside_a_tokens_reload_is_still_served() {
             let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
         }
     });
-    let tokens_reload = std::thread::spawn({
+    let tokens_reload = tokio::spawn({
         let app = Arc::clone(&app);
-        move || app.reload_tokens()
+        async move { app.reload_tokens().await }
     });
-    read_rx.recv_timeout(Duration::from_secs(20)).expect("the tokens reload never read the file");
+    let read = tokio::task::spawn_blocking(move || read_rx.recv_timeout(Duration::from_secs(20))).await.unwrap();
+    read.expect("the tokens reload never read the tokens");
 
     // Meanwhile, the configuration changes and a SIGHUP-style reload is asked for.
     set_max_age(&demo, 62);
-    let config_reload = std::thread::spawn({
+    let config_reload = tokio::spawn({
         let app = Arc::clone(&app);
-        move || app.reload_all()
+        async move { app.reload_all().await }
     });
     // Give the configuration reload every chance to finish first, as it did when the two raced: it waits for the
     // tokens reload instead (a wait bounded here, not a timing assertion: either order must end the same).
     let waited = Instant::now();
     while !config_reload.is_finished() && waited.elapsed() < Duration::from_millis(300) {
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     go_tx.send(()).unwrap();
-    tokens_reload.join().unwrap().unwrap();
-    config_reload.join().unwrap().unwrap();
+    tokens_reload.await.unwrap().unwrap();
+    config_reload.await.unwrap().unwrap();
 
     let cc = served_max_age(&p).await;
     assert!(cc.contains("max-age=62"), "the configuration reload was undone: {cc}");
@@ -107,18 +108,18 @@ async fn a_refused_config_reload_is_reported_until_a_good_one_whatever_reloads_i
     let good = std::fs::read_to_string(&path).unwrap();
     let config = demo.config();
     std::fs::write(&path, good.replace("access = \"public\"", "access = \"publik\"")).unwrap();
-    assert!(p.app.reload_all().is_err());
+    assert!(p.app.reload_all().await.is_err());
     // Token changes reload the tokens, many times; the configuration error stands through all of them.
     for i in 0..5 {
         create_as_the_cli_does(&config, &format!("churn-{i}"), "bob");
-        p.app.reload_tokens().unwrap();
+        p.app.reload_tokens().await.unwrap();
         let h = get(&p.url("/healthz"), &[("authorization", &auth)]).await.json();
         assert_eq!(h["status"], "degraded", "{h}");
         assert!(h["config_error"].as_str().unwrap_or_default().contains("publik"), "{h}");
         assert_eq!(h["tokens_error"], serde_json::Value::Null, "{h}");
     }
     std::fs::write(&path, &good).unwrap();
-    p.app.reload_all().unwrap();
+    p.app.reload_all().await.unwrap();
     let h = get(&p.url("/healthz"), &[("authorization", &auth)]).await.json();
     assert_eq!((h["status"].as_str(), &h["config_error"]), (Some("ok"), &serde_json::Value::Null), "{h}");
     p.stop().await;
@@ -173,7 +174,7 @@ async fn every_config_reload_is_served_while_tokens_churn_through_the_api_and_th
         let age = 101 + i;
         set_max_age(&demo, age);
         let app = Arc::clone(&p.app);
-        tokio::task::spawn_blocking(move || app.reload_all()).await.unwrap().unwrap();
+        app.reload_all().await.unwrap();
         // Served at once, and still served after the token writes that follow (none may write an old config back).
         for _ in 0..3 {
             let cc = served_max_age(&p).await;

@@ -167,7 +167,7 @@ async fn health_bodies_show_no_secret_and_no_caller_makes_condagate_call_upstrea
 
     // A broken config line holding a credential: refused, reported by key and line, never with the value.
     std::fs::write(&path, text.replace("Bearer upstream-secret-7\" }", "Bearer upstream-secret-7\"")).unwrap();
-    assert!(p.app.reload_all().is_err());
+    assert!(p.app.reload_all().await.is_err());
     let detailed = get(&p.url("/healthz"), &[("authorization", &auth)]).await;
     let e = detailed.json()["config_error"].as_str().unwrap_or_default().to_owned();
     assert!(e.contains("line "), "the error does not say where: {e}");

@@ -238,7 +238,7 @@ async fn route(
         (&Method::POST, ["authentications"]) => {
             need(&who, Scope::ApiWrite)?;
             let body = read_json(req).await?;
-            create(app, config, &who, &body, now)
+            create(app, config, &who, &body, now).await
         }
         (&Method::DELETE, ["authentications", "name", name]) => {
             need(&who, Scope::ApiWrite)?;
@@ -255,11 +255,11 @@ async fn route(
                 ));
             }
             // With the user given, the only refusal is "no such token": 404, and no hint whether another user has one.
-            let r = lifecycle::revoke(&config.tokens_file, name, Some(&who.user), now).map_err(|e| match e {
+            let r = app.store.revoke(name, Some(&who.user), now).await.map_err(|e| match e {
                 StoreError::Refused(m) => err(StatusCode::NOT_FOUND, m),
                 other => ApiError::from(other),
             })?;
-            reload_tokens(app);
+            reload_tokens(app).await;
             Ok((StatusCode::CREATED, json!({"revoked": r.name})))
         }
         (&Method::GET, ["channels"]) => {
@@ -299,8 +299,17 @@ async fn route(
                 return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
             }
             let add = *m == Method::PUT;
-            crate::admin::groups::change(config, channel, group, what, item, add).map_err(|e| err(e.0, e.1))?;
-            app.reload_all().map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?;
+            let (cfg, edit) = (Arc::clone(config), [channel, group, what, item].map(|s| (*s).to_owned()));
+            tokio::task::spawn_blocking(move || {
+                let [channel, group, what, item] = edit;
+                groups::change(&cfg, &channel, &group, &what, &item, add)
+            })
+            .await
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("the group edit failed: {e}")))?
+            .map_err(|e| err(e.0, e.1))?;
+            app.reload_all()
+                .await
+                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?;
             Ok((StatusCode::OK, json!({"channel": channel, "group": group, *what: item, "added": add})))
         }
         (_, ["user" | "authentication" | "authentications" | "channels" | "explain"])
@@ -309,16 +318,17 @@ async fn route(
     }
 }
 
-fn reload_tokens(app: &App) {
-    if let Err(e) = app.reload_tokens() {
+async fn reload_tokens(app: &App) {
+    if let Err(e) = app.reload_tokens().await {
         tracing::error!(error = %e, "reload after an admin change failed");
     }
 }
 
-fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: OffsetDateTime) -> Answer {
+async fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: OffsetDateTime) -> Answer {
     let new = new_token_from_body(who, body, now)?;
-    let (token, record) = lifecycle::create(config, new, now)?;
-    reload_tokens(app);
+    let (token, record) = lifecycle::prepare(config, new, now)?;
+    app.store.create(record.clone()).await?;
+    reload_tokens(app).await;
     let mut v = token_json(&record, now);
     v["token"] = Value::from(token.reveal());
     Ok((StatusCode::OK, v))

@@ -334,6 +334,54 @@ pub fn update<T>(
     result.map(|()| out)
 }
 
+/// Adds a new record, refusing it when its user already has an active token of that name.
+pub fn insert(path: &Path, record: TokenRecord) -> Result<(), StoreError> {
+    update(path, move |records| {
+        if records.iter().any(|r| r.user == record.user && r.name == record.name && r.revoked.is_none()) {
+            return Err(StoreError::Refused(format!(
+                "user {:?} already has a token named {:?} (revoke it first, or choose another name)",
+                record.user, record.name
+            )));
+        }
+        records.push(record);
+        Ok(())
+    })
+}
+
+/// Revokes the active token `name` (of `user`, when given) in the file at `path`.
+pub fn revoke(path: &Path, name: &str, user: Option<&str>, now: OffsetDateTime) -> Result<TokenRecord, StoreError> {
+    update(path, |records| revoke_in(records, name, user, now))
+}
+
+/// Revokes the one active record named `name` (of `user`, when given) among `records`.
+pub fn revoke_in(
+    records: &mut [TokenRecord],
+    name: &str,
+    user: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<TokenRecord, StoreError> {
+    let matching: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| *r.name == *name && r.revoked.is_none() && user.is_none_or(|u| *r.user == *u))
+        .map(|(i, _)| i)
+        .collect();
+    match matching.as_slice() {
+        [] => Err(StoreError::Refused(match user {
+            Some(u) => format!("user {u:?} has no active token named {name:?}"),
+            None => format!("no active token is named {name:?}"),
+        })),
+        [i] => {
+            records[*i].revoked = Some(now);
+            Ok(records[*i].clone())
+        }
+        _ => Err(StoreError::Refused(format!(
+            "{} users have a token named {name:?}; say which with --user",
+            matching.len()
+        ))),
+    }
+}
+
 fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".lock");

@@ -1,7 +1,5 @@
 //! Token operations shared by the CLI (and the admin API): create, list, revoke, inspect.
 
-use std::path::Path;
-
 use time::{Duration, OffsetDateTime};
 
 use crate::clock::format_time;
@@ -40,8 +38,9 @@ pub fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, StoreError> {
     Ok(scopes)
 }
 
-/// Creates a token: checks the request, stores the digest, and returns the secret (to be shown once) and record.
-pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(Token, TokenRecord), StoreError> {
+/// Makes a token: checks the request against the configuration and returns the secret (to be shown once) and the
+/// record to store.
+pub fn prepare(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(Token, TokenRecord), StoreError> {
     if let Some(why) = name_problem(&new.name) {
         return Err(StoreError::Refused(format!("the token name {:?} {why}", new.name)));
     }
@@ -72,47 +71,12 @@ pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(To
         revoked: None,
         channels: new.channels,
     };
-    let stored = record.clone();
-    file::update(&config.tokens_file, move |records| {
-        if records.iter().any(|r| r.user == stored.user && r.name == stored.name && r.revoked.is_none()) {
-            return Err(StoreError::Refused(format!(
-                "user {:?} already has a token named {:?} (revoke it first, or choose another name)",
-                stored.user, stored.name
-            )));
-        }
-        records.push(stored);
-        Ok(())
-    })?;
     Ok((token, record))
 }
 
-/// Revokes the active token `name` (of `user`, when given). A name several users share needs the user.
-pub fn revoke(
-    tokens_file: &Path,
-    name: &str,
-    user: Option<&str>,
-    now: OffsetDateTime,
-) -> Result<TokenRecord, StoreError> {
-    file::update(tokens_file, |records| {
-        let matching: Vec<usize> = records
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| *r.name == *name && r.revoked.is_none() && user.is_none_or(|u| *r.user == *u))
-            .map(|(i, _)| i)
-            .collect();
-        match matching.as_slice() {
-            [] => Err(StoreError::Refused(match user {
-                Some(u) => format!("user {u:?} has no active token named {name:?}"),
-                None => format!("no active token is named {name:?}"),
-            })),
-            [i] => {
-                records[*i].revoked = Some(now);
-                Ok(records[*i].clone())
-            }
-            _ => Err(StoreError::Refused(format!(
-                "{} users have a token named {name:?}; say which with --user",
-                matching.len()
-            ))),
-        }
-    })
+/// Creates a token in the tokens file of `config` (for the CLI against the file store, and for tests).
+pub fn create(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(Token, TokenRecord), StoreError> {
+    let (token, record) = prepare(config, new, now)?;
+    file::insert(&config.tokens_file, record.clone())?;
+    Ok((token, record))
 }

@@ -3,9 +3,11 @@
 
 pub mod file;
 pub mod lifecycle;
+pub mod store;
 pub mod table;
 pub mod token;
 
 pub use file::StoreError;
+pub use store::{FileStore, TokenStore};
 pub use table::TokenTable;
 pub use token::{Digest, MalformedToken, Scope, Scopes, Token, TokenRecord, TokenStatus, TOKEN_PREFIX};

@@ -184,7 +184,7 @@ impl Proxy {
     pub async fn start(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Server::new(config).unwrap();
+        let server = Server::new(config).await.unwrap();
         let app = server.app();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, async {
