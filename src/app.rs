@@ -93,6 +93,20 @@ impl ReloadStatus {
     }
 }
 
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The tokens could not be loaded.
+    #[error("tokens: {0}")]
+    Tokens(#[from] crate::tokens::StoreError),
+    /// The TLS certificate or key could not be read.
+    #[error("server.tls: {0}")]
+    Tls(String),
+    /// The listener or the worker threads failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// A pause between reading the tokens and putting them in force, for tests that need an update to be slow.
 type Hook = Arc<dyn Fn() + Send + Sync>;
 
@@ -134,7 +148,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 
 impl App {
     /// Builds the state from a checked configuration, loading its tokens.
-    pub async fn new(config: Config) -> Result<Self, anyhow::Error> {
+    pub async fn new(config: Config) -> Result<Self, StartError> {
         let store = store::open(&config);
         let tokens = TokenTable::new(store.load().await?);
         let upstreams = Upstreams::new(config.upstream_timeouts, config.upstream_max_document);
@@ -143,9 +157,8 @@ impl App {
         let throttle = Throttle::new(t.failures, t.window, t.cooldown).with_ipv6_prefix(t.ipv6_prefix);
         let tls = match config.server.tls.clone() {
             Some(paths) => {
-                let certs =
-                    blocking(move || CertStore::new(&paths.cert, &paths.key)).await.map_err(anyhow::Error::msg)?;
-                Some(Arc::new(certs.map_err(anyhow::Error::msg)?))
+                let certs = blocking(move || CertStore::new(&paths.cert, &paths.key)).await.and_then(|c| c);
+                Some(Arc::new(certs.map_err(StartError::Tls)?))
             }
             None => None,
         };

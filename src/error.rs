@@ -52,6 +52,66 @@ pub enum Error {
     Internal(String),
 }
 
+/// Why a request was not served: a fixed, small set, named in the problem `type`, the access log and the metrics.
+/// Every reason is counted in `/metrics` (see [`crate::metrics`]), so a new one cannot go uncounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
+pub enum Reason {
+    /// No token on a channel that needs one.
+    NoCredentials,
+    /// A token that is not one condagate could have issued.
+    MalformedToken,
+    /// A well-formed token that is not in the table.
+    UnknownToken,
+    /// A revoked token.
+    RevokedToken,
+    /// An expired token.
+    ExpiredToken,
+    /// A token whose scopes do not allow downloads.
+    MissingScope,
+    /// A user who may not read the channel or label.
+    NotAllowed,
+    /// A malformed path.
+    BadPath,
+    /// A request target that is too long.
+    UriTooLong,
+    /// Missing, hidden or not served.
+    NotFound,
+    /// The wrong method.
+    MethodNotAllowed,
+    /// A range outside the file.
+    RangeNotSatisfiable,
+    /// Too many failed token checks.
+    Throttled,
+    /// The upstream failed.
+    UpstreamError,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// condagate failed.
+    InternalError,
+}
+
+impl Reason {
+    /// The reason's name, as clients and dashboards see it.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether the reason is a refusal of the credentials (authentication or authorization).
+    pub fn is_auth(self) -> bool {
+        matches!(
+            self,
+            Reason::NoCredentials
+                | Reason::MalformedToken
+                | Reason::UnknownToken
+                | Reason::RevokedToken
+                | Reason::ExpiredToken
+                | Reason::MissingScope
+                | Reason::NotAllowed
+        )
+    }
+}
+
 /// Who is to blame for an error, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
@@ -106,27 +166,27 @@ impl Error {
         }
     }
 
-    /// A short machine-readable reason, for the problem `type`, logs and metric labels (a fixed, small set).
-    pub fn reason(&self) -> &'static str {
+    /// Why, as one of a fixed set of reasons.
+    pub fn reason(&self) -> Reason {
         match self {
             Error::Denied(d) => match d {
-                Denied::NoCredentials => "no-credentials",
-                Denied::Malformed => "malformed-token",
-                Denied::Unknown => "unknown-token",
-                Denied::Revoked => "revoked-token",
-                Denied::Expired(_) => "expired-token",
-                Denied::NoDownloadScope => "missing-scope",
-                Denied::NotAllowed => "not-allowed",
+                Denied::NoCredentials => Reason::NoCredentials,
+                Denied::Malformed => Reason::MalformedToken,
+                Denied::Unknown => Reason::UnknownToken,
+                Denied::Revoked => Reason::RevokedToken,
+                Denied::Expired(_) => Reason::ExpiredToken,
+                Denied::NoDownloadScope => Reason::MissingScope,
+                Denied::NotAllowed => Reason::NotAllowed,
             },
-            Error::BadPath => "bad-path",
-            Error::UriTooLong => "uri-too-long",
-            Error::NotFound => "not-found",
-            Error::MethodNotAllowed(_) => "method-not-allowed",
-            Error::RangeNotSatisfiable { .. } => "range-not-satisfiable",
-            Error::Throttled { .. } => "throttled",
-            Error::Upstream(_) => "upstream-error",
-            Error::UpstreamTimeout => "upstream-timeout",
-            Error::Internal(_) => "internal-error",
+            Error::BadPath => Reason::BadPath,
+            Error::UriTooLong => Reason::UriTooLong,
+            Error::NotFound => Reason::NotFound,
+            Error::MethodNotAllowed(_) => Reason::MethodNotAllowed,
+            Error::RangeNotSatisfiable { .. } => Reason::RangeNotSatisfiable,
+            Error::Throttled { .. } => Reason::Throttled,
+            Error::Upstream(_) => Reason::UpstreamError,
+            Error::UpstreamTimeout => Reason::UpstreamTimeout,
+            Error::Internal(_) => Reason::InternalError,
         }
     }
 
@@ -164,7 +224,7 @@ impl Error {
     /// The response: status, problem+json body, and the headers the status calls for.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let body = problem_json(status, self.reason(), &self.detail());
+        let body = problem_json(status, self.reason().as_str(), &self.detail());
         let mut resp = Response::new(full(body.clone()));
         *resp.status_mut() = status;
         let h = resp.headers_mut();

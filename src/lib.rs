@@ -30,6 +30,7 @@ pub mod http;
 pub mod metrics;
 pub mod names;
 pub mod policy;
+pub mod router;
 pub mod server;
 pub mod stamp;
 pub mod tokens;

@@ -213,7 +213,7 @@ async fn serve(config_path: &Path, listen: Option<String>) -> anyhow::Result<()>
         tracing::info!("shutting down");
     };
     drop(app);
-    server.run(listener, shutdown).await
+    Ok(server.run(listener, shutdown).await?)
 }
 
 fn split_list(s: &str) -> Vec<String> {

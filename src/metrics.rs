@@ -7,21 +7,13 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use strum::{EnumCount, IntoEnumIterator};
+
+use crate::error::Reason;
 use crate::http::conn::Connections;
 
 /// Upper bounds of the request duration histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
-
-/// Refusal reasons counted, in the order of [`crate::error::Error::reason`].
-pub const REFUSALS: [&str; 7] = [
-    "no-credentials",
-    "malformed-token",
-    "unknown-token",
-    "revoked-token",
-    "expired-token",
-    "missing-scope",
-    "not-allowed",
-];
 
 /// How many copies of the per-response counters there are; a thread adds to one of them (see [`shard`]).
 const SHARDS: usize = 8;
@@ -50,7 +42,8 @@ fn shard() -> usize {
 pub struct Metrics {
     responses: [ResponseCounters; SHARDS],
     upstream_errors: AtomicU64,
-    refusals: [AtomicU64; REFUSALS.len()],
+    /// Unserved requests by [`Reason`], indexed by the reason's position.
+    refusals: [AtomicU64; Reason::COUNT],
     throttled: AtomicU64,
     panics: AtomicU64,
     /// Completed package downloads per (channel, package): for the admin API, never a metric label. Bounded by
@@ -74,11 +67,9 @@ impl Metrics {
         r.duration_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
     }
 
-    /// Counts a refusal by its reason (reasons outside [`REFUSALS`] are not counted here).
-    pub fn refusal(&self, reason: &str) {
-        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
-            self.refusals[i].fetch_add(1, Relaxed);
-        }
+    /// Counts a request that was not served, by why.
+    pub fn refusal(&self, reason: Reason) {
+        self.refusals[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts a completed download of `package` from `channel`.
@@ -142,9 +133,12 @@ impl Metrics {
         let _ = writeln!(s, "condagate_request_duration_seconds_count {count}");
         let _ = writeln!(s, "# TYPE condagate_upstream_errors_total counter");
         let _ = writeln!(s, "condagate_upstream_errors_total {}", self.upstream_errors.load(Relaxed));
-        let _ = writeln!(s, "# TYPE condagate_auth_refusals_total counter");
-        for (r, c) in REFUSALS.iter().zip(&self.refusals) {
-            let _ = writeln!(s, "condagate_auth_refusals_total{{reason=\"{r}\"}} {}", c.load(Relaxed));
+        for (auth, name) in [(true, "condagate_auth_refusals_total"), (false, "condagate_errors_total")] {
+            let _ = writeln!(s, "# TYPE {name} counter");
+            for r in Reason::iter().filter(|r| r.is_auth() == auth) {
+                let n = self.refusals[r as usize].load(Relaxed);
+                let _ = writeln!(s, "{name}{{reason=\"{}\"}} {n}", r.as_str());
+            }
         }
         let _ = writeln!(s, "# TYPE condagate_panics_total counter");
         let _ = writeln!(s, "condagate_panics_total {}", self.panics.load(Relaxed));
@@ -166,6 +160,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_is_counted_under_its_own_label() {
+        let m = Metrics::default();
+        for (i, r) in Reason::iter().enumerate() {
+            for _ in 0..=i {
+                m.refusal(r);
+            }
+        }
+        let text = m.render(0, 0, 0, 0);
+        for (i, r) in Reason::iter().enumerate() {
+            let name = if r.is_auth() { "condagate_auth_refusals_total" } else { "condagate_errors_total" };
+            let line = format!("{name}{{reason=\"{}\"}} {}\n", r.as_str(), i + 1);
+            assert!(text.contains(&line), "{line:?} is missing from\n{text}");
+        }
+    }
 
     #[test]
     fn responses_counted_on_many_threads_add_up_over_the_shards() {

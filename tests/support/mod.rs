@@ -177,7 +177,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub app: Arc<App>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), condagate::app::StartError>>>,
 }
 
 impl Proxy {
