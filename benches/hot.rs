@@ -3,17 +3,19 @@
 //!
 //! `cargo bench --bench hot` (add `-- filter` etc. to pick one). The filter bench also prints the process's peak RSS.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::hint::black_box;
 use std::path::Path;
 
-use condagate::conda::filter::{filter_repodata, ShardIndex};
-use condagate::conda::route;
 use condagate::config::Config;
-use condagate::policy::Policy;
-use condagate::tokens::TokenTable;
-use condagate::tokens::{Scope, Token, TokenRecord};
+use condagate::internals::conda::filter::{filter_repodata, ShardIndex};
+use condagate::internals::conda::route;
+use condagate::internals::policy::Policy;
+use condagate::internals::tokens::TokenTable;
+use condagate::internals::tokens::{Scope, Token, TokenRecord};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use time::OffsetDateTime;
 

@@ -14,6 +14,8 @@
 //! prints the median ratio condagate / nginx per scenario. condagate runs with `RUST_LOG=warn` (no access log),
 //! matching nginx's `access_log off`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -4,11 +4,13 @@
 //! temporary folder, loads it the way the server does (`file::load` + `TokenTable::new`), then times 1,000,000
 //! lookups (half hits, half misses) one by one and reports p50/p99/p999 and the process's peak RSS.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::io::Write;
 use std::time::Instant;
 
-use condagate::tokens::Token;
-use condagate::tokens::{file, TokenTable};
+use condagate::internals::tokens::Token;
+use condagate::internals::tokens::{file, TokenTable};
 
 fn rss_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")

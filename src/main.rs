@@ -10,12 +10,12 @@ use clap::{Parser, Subcommand};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use condagate::clock::format_time;
 use condagate::config::{Config, LogFormat};
-use condagate::policy::{self, Policy};
-use condagate::tokens::lifecycle::{self, NewToken};
-use condagate::tokens::Token;
-use condagate::tokens::{store, TokenTable};
+use condagate::internals::clock::format_time;
+use condagate::internals::policy::{self, Policy};
+use condagate::internals::tokens::lifecycle::{self, NewToken};
+use condagate::internals::tokens::Token;
+use condagate::internals::tokens::{store, TokenTable};
 use condagate::Server;
 
 const DEFAULT_CONFIG: &str = "config/condagate.toml";
@@ -80,7 +80,7 @@ fn files_problems(c: &Config) -> Vec<String> {
         }
     }
     if let Some(tls) = &c.server.tls {
-        if let Err(e) = condagate::http::tls::CertStore::new(&tls.cert, &tls.key) {
+        if let Err(e) = condagate::internals::http::tls::CertStore::new(&tls.cert, &tls.key) {
             out.push(format!("server.tls: {e}"));
         }
     }

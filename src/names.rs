@@ -1,10 +1,5 @@
 //! Names people choose (token, user, group and member names): what makes one unusable.
 
-/// Whether `name` is acceptable as a token name: non-empty, printable, no control characters.
-pub fn valid_name(name: &str) -> bool {
-    name_problem(name).is_none()
-}
-
 /// What makes `name` unusable as a token, user, group or member name, if anything: empty, longer than 200 bytes, or
 /// holding a character that would make listings and logs show something other than what is stored.
 pub fn name_problem(name: &str) -> Option<String> {
@@ -73,11 +68,11 @@ mod tests {
             "\u{E0041}",
             " ",
         ] {
-            assert!(!valid_name(bad), "{bad:?}");
+            assert!(name_problem(bad).is_some(), "{bad:?}");
         }
         assert!(name_problem("laptop\u{202E}").unwrap().contains("U+202E"));
         for good in ["laptop", "ci-runner 2", "café", "日本", "bob.smith"] {
-            assert!(valid_name(good), "{good:?}");
+            assert_eq!(name_problem(good), None, "{good:?}");
         }
     }
 }

@@ -63,7 +63,7 @@ impl View {
     }
 }
 
-/// Why a request is refused by policy. Each maps to one status in [`crate::error`].
+/// Why a request is refused by policy. Each maps to one status in `crate::error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
     /// No credentials for a channel that needs them.

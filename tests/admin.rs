@@ -1,6 +1,8 @@
 //! The admin API as an attacker would try it: no token grants more than it holds (channels, scopes, expiry), no
 //! number crashes a worker, names cannot lie, browser-sendable bodies are refused, and a panic still gets an answer.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use bytes::Bytes;

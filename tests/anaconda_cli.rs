@@ -9,14 +9,16 @@
 //!
 //! Each CLI run gets a private HOME and XDG folders, so no real user configuration is read or written.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use condagate::tokens::file;
-use condagate::tokens::Token;
+use condagate::internals::tokens::file;
+use condagate::internals::tokens::Token;
 use support::*;
 
 /// Time one CLI run may take.

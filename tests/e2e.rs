@@ -8,6 +8,8 @@
 //! Demo permissions (see `support::demo_config_text`): `mychan` is private, owned by alice; group `eng` (bob, carol)
 //! gets `alpha`, `beta*`; group `dev-testers` (dave) gets `alpha`, `beta` on label `dev` only. `pubchan` is public.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::fs::File;
@@ -463,8 +465,13 @@ async fn private_shard_indexes_are_revalidated_not_downloaded_again() {
     eprintln!("second private sharded solve: {revalidated} answers 304");
 
     let cfg = demo.config();
-    condagate::tokens::file::revoke(&cfg.tokens_file, "bob-shards", Some("bob"), time::OffsetDateTime::now_utc())
-        .unwrap();
+    condagate::internals::tokens::file::revoke(
+        &cfg.tokens_file,
+        "bob-shards",
+        Some("bob"),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
     proxy.app.reload_tokens().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let third = client.run_with("shards-3", "shards", &channel, "alpha", &[], &[], "solve-failure").await;

@@ -9,6 +9,8 @@
 //! Nothing here sleeps a fixed time to wait for a change: every wait polls every few milliseconds and gives up after
 //! [`PATIENCE`], failing with what it last saw.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::collections::HashSet;
@@ -19,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use condagate::config::Config;
-use condagate::tokens::file;
-use condagate::tokens::Token;
+use condagate::internals::tokens::file;
+use condagate::internals::tokens::Token;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -335,7 +337,7 @@ fn cli_twenty_concurrent_creates_all_persist() {
     let names: HashSet<&str> = records.iter().map(|r| &*r.name).collect();
     assert_eq!(records.len(), 20, "expected 20 records, found {}: {names:?}", records.len());
     assert_eq!(names, (0..20).map(|i| format!("par{i}")).collect::<HashSet<_>>().iter().map(String::as_str).collect());
-    let table = condagate::tokens::TokenTable::new(records);
+    let table = condagate::internals::tokens::TokenTable::new(records);
     for s in &secrets {
         assert!(table.lookup(&Token::parse(s).unwrap()).is_some(), "a created token is not in the file");
     }

@@ -6,6 +6,8 @@
 //! TLS verification is never disabled: the rustls clients trust exactly the test's self-signed certificate, and
 //! py-rattler (the venv of `tests/e2e.rs`; `CONDAGATE_SKIP_E2E=1` skips that one test) gets it via `SSL_CERT_FILE`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
@@ -349,7 +351,7 @@ async fn tls_with_a_missing_or_broken_key_is_refused_naming_the_file() {
     let demo = Demo::with(LOCAL_UPSTREAM, "tls = { cert = \"cert.pem\", key = \"garbage-key.pem\" }");
     std::fs::write(demo.path().join("cert.pem"), &cert).unwrap();
     std::fs::write(demo.path().join("garbage-key.pem"), "this is not a key\n").unwrap();
-    let err = match condagate::app::App::new(demo.config()).await {
+    let err = match condagate::internals::app::App::new(demo.config()).await {
         Ok(_) => panic!("a TLS config with an unreadable key was accepted"),
         Err(e) => format!("{e:#}"),
     };
@@ -1037,7 +1039,7 @@ async fn no_token_appears_in_logs_metrics_or_error_bodies() {
     let noscope = demo.token("sec-noscope", "alice", "api:read api:write");
     let bob = demo.token("sec-bob", "bob", "conda:download");
     let revoked = demo.token("sec-revoked", "bob", "conda:download");
-    condagate::tokens::file::revoke(&demo.config().tokens_file, "sec-revoked", Some("bob"), now).unwrap();
+    condagate::internals::tokens::file::revoke(&demo.config().tokens_file, "sec-revoked", Some("bob"), now).unwrap();
     let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let expired = demo.token_with("sec-expired", "carol", "conda", Some(expires_at), None);
     let unknown = "cg-UnknownButWellFormed0123456789ABCDEFGH".to_owned();
@@ -1166,7 +1168,7 @@ async fn no_token_appears_in_logs_metrics_or_error_bodies() {
 
 /// The path with tokens redacted, for assertion messages (which must not print secrets either).
 fn route_redacted(path: &str) -> String {
-    condagate::conda::route::redact_path(path.split('?').next().unwrap_or(path))
+    condagate::internals::conda::route::redact_path(path.split('?').next().unwrap_or(path))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

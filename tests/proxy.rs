@@ -2,6 +2,8 @@
 //! streaming, cut and failing upstreams, ranges and validators for both upstream kinds, what reaches an HTTP upstream,
 //! hostile paths, and logs without secrets. Every test starts its own servers on 127.0.0.1:0.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 use support::*;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use condagate::config::Config;
-use condagate::tokens::file;
+use condagate::internals::tokens::file;
 use http_body_util::BodyExt;
 use time::OffsetDateTime;
 

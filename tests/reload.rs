@@ -1,6 +1,8 @@
 //! Reloads that never undo each other: a configuration reload landing in the middle of a tokens reload, and many of
 //! them under token churn through the admin API and the CLI's code, are all served.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,14 +33,14 @@ fn set_max_age(demo: &Demo, secs: u64) {
 /// Creates a download token through the code `condagate token create` runs, from a configuration already read (the
 /// file on disk may be broken on purpose, or being rewritten).
 fn create_as_the_cli_does(config: &condagate::config::Config, name: &str, user: &str) {
-    let new = condagate::tokens::lifecycle::NewToken {
+    let new = condagate::internals::tokens::lifecycle::NewToken {
         name: name.to_owned(),
         user: user.to_owned(),
         scopes: vec!["conda:download".into()],
         expires: None,
         channels: None,
     };
-    condagate::tokens::lifecycle::create(config, new, time::OffsetDateTime::now_utc()).unwrap();
+    condagate::internals::tokens::lifecycle::create(config, new, time::OffsetDateTime::now_utc()).unwrap();
 }
 
 async fn served_max_age(p: &Proxy) -> String {

@@ -2,6 +2,8 @@
 //! static mirrors, what health endpoints show, what anonymous callers can learn, the throttle, bounded upstream
 //! documents, redaction and admin credentials.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::path::Path;
@@ -198,7 +200,7 @@ async fn the_throttle_fails_closed_when_its_table_is_full() {
     );
     let p = Proxy::start(demo.config()).await;
     let now = std::time::Instant::now();
-    for i in 0..condagate::auth::throttle::MAX_TRACKED as u32 {
+    for i in 0..condagate::internals::auth::throttle::MAX_TRACKED as u32 {
         p.app.throttle.failure(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes()), now);
     }
     let url = p.url("/t/cg-NotARealToken0123456789abcdefgh/mychan/noarch/repodata.json");

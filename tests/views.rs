@@ -2,6 +2,8 @@
 //! partial (bob and carol, group eng: alpha, beta*) and no access (zed); dave (group dev-testers: alpha, beta on label
 //! dev only); ETags and 304 per view; shared cache entries; invalidation by an upstream update; base URLs.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 use support::*;
 

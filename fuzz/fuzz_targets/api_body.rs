@@ -1,7 +1,7 @@
 //! Any `POST /api/authentications` body, from a token narrowed to one channel that expires in two hours: never
 //! panics, and what it accepts reaches no further than the creating token.
 #![no_main]
-use condagate::tokens::{Scope, TokenRecord};
+use condagate::internals::tokens::{Scope, TokenRecord};
 use libfuzzer_sys::fuzz_target;
 use time::OffsetDateTime;
 
@@ -11,14 +11,14 @@ fuzz_target!(|data: &[u8]| {
     let who = TokenRecord {
         name: "maker".into(),
         user: "alice".into(),
-        digest: condagate::tokens::Token::generate().digest(),
+        digest: condagate::internals::tokens::Token::generate().digest(),
         scopes: [Scope::CondaDownload, Scope::ApiWrite].into_iter().collect(),
         created: now,
         expires: Some(now + time::Duration::hours(2)),
         revoked: None,
         channels: Some(vec!["mychan".into()]),
     };
-    if let Ok(new) = condagate::admin::new_token_from_body(&who, &body, now) {
+    if let Ok(new) = condagate::internals::admin::new_token_from_body(&who, &body, now) {
         assert_eq!(new.user, "alice");
         assert!(new.expires.is_some_and(|e| e <= now + time::Duration::hours(2)), "{:?}", new.expires);
         assert!(new.channels.as_ref().is_some_and(|c| c.iter().all(|c| c == "mychan")), "{:?}", new.channels);

@@ -6,5 +6,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(v) = http::HeaderValue::from_bytes(data) else { return };
     let mut h = http::HeaderMap::new();
     h.insert(http::header::AUTHORIZATION, v);
-    let _ = condagate::auth::header_token(&h);
+    let _ = condagate::internals::auth::header_token(&h);
 });

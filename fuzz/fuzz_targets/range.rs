@@ -1,7 +1,7 @@
 //! Any Range / If-Range / If-None-Match / If-Modified-Since values over any length: never panics, and a part asked
 //! for lies inside the file.
 #![no_main]
-use condagate::http::conditional::{not_modified, range, RangeAsk};
+use condagate::internals::http::conditional::{not_modified, range, RangeAsk};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

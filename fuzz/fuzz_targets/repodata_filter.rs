@@ -8,9 +8,9 @@ fn visible(name: &str) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = condagate::conda::filter::has_absolute_base_url(data);
+    let _ = condagate::internals::conda::filter::has_absolute_base_url(data);
     let mut out = Vec::new();
-    let filtered = condagate::conda::filter::filter_repodata(data, &visible, &mut out);
+    let filtered = condagate::internals::conda::filter::filter_repodata(data, &visible, &mut out);
     let Ok(serde_json::Value::Object(_)) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     if filtered.is_err() {
         return;
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     for map in ["packages", "packages.conda"] {
         if let Some(m) = doc.get(map).and_then(|m| m.as_object()) {
             for key in m.keys() {
-                if let Some(name) = condagate::conda::route::package_name_of_key(key) {
+                if let Some(name) = condagate::internals::conda::route::package_name_of_key(key) {
                     assert!(visible(name), "hidden {key:?} kept");
                 }
             }

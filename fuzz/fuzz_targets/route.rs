@@ -1,14 +1,14 @@
 //! Any request path: routing never panics, and whatever it accepts names, after the upstream decodes the URL once
 //! more, exactly the checked segments; redaction never panics and never lets a generated token through.
 #![no_main]
-use condagate::conda::route::{parse, redact_path, Route};
+use condagate::internals::conda::route::{parse, redact_path, Route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };
     for base in ["", "/conda"] {
         if let Ok(Route::Channel(c)) = parse(path, base) {
-            let url = condagate::upstream::upstream_url("http://m/r", c.upstream_path());
+            let url = condagate::internals::upstream::upstream_url("http://m/r", c.upstream_path());
             let rel = url.strip_prefix("http://m/r/").unwrap();
             let decoded = percent_encoding::percent_decode_str(rel).decode_utf8().unwrap();
             assert_eq!(decoded, c.upstream_path());

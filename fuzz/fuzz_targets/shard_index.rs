@@ -8,11 +8,11 @@ fn visible(name: &str) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = condagate::conda::filter::ShardIndex::decode(data);
+    let _ = condagate::internals::conda::filter::ShardIndex::decode(data);
     let Ok(compressed) = zstd::encode_all(data, 1) else { return };
-    let Ok(index) = condagate::conda::filter::ShardIndex::decode(&compressed) else { return };
+    let Ok(index) = condagate::internals::conda::filter::ShardIndex::decode(&compressed) else { return };
     let Ok(filtered) = index.encode_filtered(&visible) else { return };
-    let again = condagate::conda::filter::ShardIndex::decode(&filtered).expect("a filtered index does not decode");
+    let again = condagate::internals::conda::filter::ShardIndex::decode(&filtered).expect("a filtered index does not decode");
     for name in again.names_by_hash().values() {
         assert!(visible(name), "hidden {name:?} kept");
     }

@@ -4,5 +4,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let _ = condagate::tokens::file::parse(std::path::Path::new("tokens.toml"), text);
+    let _ = condagate::internals::tokens::file::parse(std::path::Path::new("tokens.toml"), text);
 });

@@ -2,7 +2,7 @@
 //!
 //! hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for as long as an HTTP/1 connection lives, so 10,000
 //! idle keep-alive clients would cost about 240 MiB. A plaintext HTTP/1.1 connection is therefore *parked* once it
-//! has answered a request and then stayed quiet for [`PARK_AFTER`]: its hyper state is taken apart (keeping any
+//! has answered a request and then stayed quiet for `PARK_AFTER`: its hyper state is taken apart (keeping any
 //! bytes already read), and only the socket waits for the next request, which gets a fresh hyper connection. The
 //! client sees one ordinary keep-alive connection throughout. A busy connection is never parked, so it costs
 //! nothing per request.

@@ -54,11 +54,6 @@ impl FileStore {
         FileStore { path, poll, seen: Mutex::new(None) }
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn seen(&self) -> std::sync::MutexGuard<'_, Option<FileStamp>> {
         self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use condagate::app::App;
 use condagate::config::Config;
-use condagate::tokens::lifecycle::{self, NewToken};
+use condagate::internals::app::App;
+use condagate::internals::tokens::lifecycle::{self, NewToken};
 use condagate::Server;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -177,7 +177,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub app: Arc<App>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), condagate::app::StartError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), condagate::internals::app::StartError>>>,
 }
 
 impl Proxy {
