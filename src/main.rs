@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use condagate::config::{Config, LogFormat};
 use condagate::internals::clock::format_time;
 use condagate::internals::policy::{self, Policy};
-use condagate::internals::tokens::lifecycle::{self, NewToken};
+use condagate::internals::tokens::issue::{self, NewToken};
 use condagate::internals::tokens::Token;
 use condagate::internals::tokens::{store, TokenTable};
 use condagate::Server;
@@ -240,7 +240,7 @@ async fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
                     )
                 })?)
             } else {
-                Some(now + lifecycle::DEFAULT_LIFETIME)
+                Some(now + issue::DEFAULT_LIFETIME)
             };
             let new = NewToken {
                 name,
@@ -249,7 +249,7 @@ async fn token_command(cmd: TokenCommand) -> anyhow::Result<()> {
                 expires,
                 channels: channels.as_deref().map(split_list),
             };
-            let (token, record) = lifecycle::prepare(&config, new, now)?;
+            let (token, record) = issue::prepare(&config, new, now)?;
             store::open(&config).create(record.clone()).await?;
             println!(
                 "created token {:?} for user {:?}: scopes {}, expires {}",

@@ -46,19 +46,19 @@ impl Visible {
 
 /// What a token may see of a channel and label.
 #[derive(Debug, Clone)]
-pub enum View {
+pub enum Grant {
     /// Every package: upstream files are served as they are.
     Full,
     /// Only some packages: repodata is filtered and other packages are "not found".
     Restricted(Arc<Visible>),
 }
 
-impl View {
+impl Grant {
     /// Whether package `name` may be downloaded.
     pub fn allows(&self, name: &str) -> bool {
         match self {
-            View::Full => true,
-            View::Restricted(v) => v.allows(name),
+            Grant::Full => true,
+            Grant::Restricted(v) => v.allows(name),
         }
     }
 }
@@ -88,7 +88,7 @@ struct UserGrants {
     by_label: HashMap<String, Option<Arc<Visible>>>,
     /// Every other label: only groups without a label list apply.
     other: Option<Arc<Visible>>,
-    /// Whether some group grants `*` on each label (kept with the visible set as `View::Full`).
+    /// Whether some group grants `*` on each label (kept with the visible set as `Grant::Full`).
     full_by_label: HashSet<String>,
     full_other: bool,
 }
@@ -192,7 +192,7 @@ impl Policy {
 
     /// Decides what `who` (an already checked, active token, or `None` for anonymous) may see of `channel`'s `label`
     /// (`main` for the root).
-    pub fn authorize(&self, channel: &str, label: &str, who: Option<&TokenRecord>) -> Result<View, Denied> {
+    pub fn authorize(&self, channel: &str, label: &str, who: Option<&TokenRecord>) -> Result<Grant, Denied> {
         let Some(c) = self.channels.get(channel) else {
             // An unknown channel answers as a private channel the caller cannot reach, so nobody learns which
             // private channels exist: 401 without a token, 403 with one.
@@ -200,7 +200,7 @@ impl Policy {
             return Err(if who.can_download() { Denied::NotAllowed } else { Denied::NoDownloadScope });
         };
         if c.access == Access::Public {
-            return Ok(View::Full);
+            return Ok(Grant::Full);
         }
         let who = who.ok_or(Denied::NoCredentials)?;
         if !who.can_download() {
@@ -210,7 +210,7 @@ impl Policy {
             return Err(Denied::NotAllowed);
         }
         if c.access == Access::Authenticated || c.owners.contains(&*who.user) {
-            return Ok(View::Full);
+            return Ok(Grant::Full);
         }
         let grants = c.members.get(&*who.user).ok_or(Denied::NotAllowed)?;
         let (full, visible) = match grants.by_label.get(label) {
@@ -218,8 +218,8 @@ impl Policy {
             None => (grants.full_other, grants.other.as_ref()),
         };
         match (full, visible) {
-            (true, _) => Ok(View::Full),
-            (false, Some(v)) => Ok(View::Restricted(Arc::clone(v))),
+            (true, _) => Ok(Grant::Full),
+            (false, Some(v)) => Ok(Grant::Restricted(Arc::clone(v))),
             (false, None) => Err(Denied::NotAllowed),
         }
     }
@@ -332,9 +332,9 @@ labels = ["main"]
         (cfg, p)
     }
 
-    fn visible(v: &Result<View, Denied>) -> Vec<String> {
+    fn visible(v: &Result<Grant, Denied>) -> Vec<String> {
         match v {
-            Ok(View::Restricted(v)) => v.packages.patterns.clone(),
+            Ok(Grant::Restricted(v)) => v.packages.patterns.clone(),
             other => panic!("{other:?}"),
         }
     }
@@ -343,21 +343,21 @@ labels = ["main"]
     fn the_policy_table() {
         let (_, p) = policy();
         let dl = [Scope::CondaDownload];
-        assert!(matches!(p.authorize("pub", "main", None), Ok(View::Full)));
+        assert!(matches!(p.authorize("pub", "main", None), Ok(Grant::Full)));
         // An unknown channel looks like a private one the caller cannot reach.
         assert_eq!(p.authorize("nope", "main", None).unwrap_err(), Denied::NoCredentials);
         assert_eq!(p.authorize("nope", "main", Some(&token("zed", &dl))).unwrap_err(), Denied::NotAllowed);
         assert_eq!(p.authorize("auth", "main", None).unwrap_err(), Denied::NoCredentials);
-        assert!(matches!(p.authorize("auth", "main", Some(&token("zed", &dl))), Ok(View::Full)));
+        assert!(matches!(p.authorize("auth", "main", Some(&token("zed", &dl))), Ok(Grant::Full)));
         assert_eq!(
             p.authorize("auth", "main", Some(&token("zed", &[Scope::Api]))).unwrap_err(),
             Denied::NoDownloadScope
         );
         assert_eq!(p.authorize("priv", "main", Some(&token("zed", &dl))).unwrap_err(), Denied::NotAllowed);
-        assert!(matches!(p.authorize("priv", "dev", Some(&token("alice", &dl))), Ok(View::Full)));
+        assert!(matches!(p.authorize("priv", "dev", Some(&token("alice", &dl))), Ok(Grant::Full)));
         assert_eq!(visible(&p.authorize("priv", "main", Some(&token("bob", &dl)))), ["alpha", "beta*"]);
         assert_eq!(visible(&p.authorize("priv", "dev", Some(&token("bob", &dl)))), ["alpha", "beta*", "gamma"]);
-        assert!(matches!(p.authorize("priv", "main", Some(&token("dave", &dl))), Ok(View::Full)));
+        assert!(matches!(p.authorize("priv", "main", Some(&token("dave", &dl))), Ok(Grant::Full)));
         assert_eq!(p.authorize("priv", "dev", Some(&token("dave", &dl))).unwrap_err(), Denied::NotAllowed);
     }
 
@@ -366,12 +366,12 @@ labels = ["main"]
         let (_, p) = policy();
         let dl = [Scope::Conda];
         let fp = |u: &str| match p.authorize("priv", "main", Some(&token(u, &dl))) {
-            Ok(View::Restricted(v)) => v.fingerprint,
+            Ok(Grant::Restricted(v)) => v.fingerprint,
             other => panic!("{other:?}"),
         };
         assert_eq!(fp("bob"), fp("carol"));
         let dev = match p.authorize("priv", "dev", Some(&token("bob", &dl))) {
-            Ok(View::Restricted(v)) => v.fingerprint,
+            Ok(Grant::Restricted(v)) => v.fingerprint,
             other => panic!("{other:?}"),
         };
         assert_ne!(fp("bob"), dev);

@@ -15,7 +15,7 @@ use crate::conda::route::{self, ChannelPath, FileKind, Route, RouteError};
 use crate::config::Access;
 use crate::error::{Error, Reason};
 use crate::http::body::{full, Body};
-use crate::policy::{Denied, View};
+use crate::policy::{Denied, Grant};
 use crate::tokens::TokenRecord;
 
 /// What the access log line of a request says beyond the basics, filled in as the request goes through the stages.
@@ -32,8 +32,8 @@ pub(crate) struct Outcome {
 }
 
 /// `Cache-Control` for a served file: shared caches may keep only what everyone may see.
-fn cache_control(snap: &Snapshot, kind: &FileKind, access: Access, view: &View) -> Option<HeaderValue> {
-    let shared = access == Access::Public && matches!(view, View::Full);
+fn cache_control(snap: &Snapshot, kind: &FileKind, access: Access, view: &Grant) -> Option<HeaderValue> {
+    let shared = access == Access::Public && matches!(view, Grant::Full);
     match (kind, shared) {
         (FileKind::Shard(_), true) => Some(HeaderValue::from_static("public, max-age=31536000, immutable")),
         (FileKind::Shard(_), false) => Some(HeaderValue::from_static("private, max-age=31536000, immutable")),

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::error::{Blame, Error, Reason};
 use crate::http::body::{Body, BoxError};
 use crate::http::conn::{self, Activity, InFlight, Protocols};
-use crate::http::workers::Lanes;
+use crate::http::workers::Workers;
 use crate::router::{dispatch, Outcome};
 
 /// Handles one request: everything that can go wrong becomes a status and a problem+json body, never a dropped
@@ -246,7 +246,7 @@ impl Server {
         let max_connections = cfg.server.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let lanes = Lanes::start(cfg.server.workers, &app.metrics.connections)?;
+        let workers = Workers::start(cfg.server.workers, &app.metrics.connections)?;
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -276,9 +276,9 @@ impl Server {
             let protocols = Arc::clone(&protocols);
             let stop = stop_rx.clone();
             let acceptor = acceptor.clone();
-            // The socket moves to the lane's own reactor (see `lanes`).
+            // The socket moves to the worker's own reactor (see `workers`).
             let Ok(stream) = stream.into_std() else { continue };
-            lanes.serve(async move {
+            workers.serve(async move {
                 let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
                 match acceptor {
                     None => conn::serve_plain(&protocols, stream, service, &activity, &mut counted, stop).await,
@@ -311,7 +311,7 @@ impl Server {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing the rest"),
         }
-        lanes.stop().await;
+        workers.stop().await;
         Ok(())
     }
 }

@@ -33,14 +33,14 @@ fn set_max_age(demo: &Demo, secs: u64) {
 /// Creates a download token through the code `condagate token create` runs, from a configuration already read (the
 /// file on disk may be broken on purpose, or being rewritten).
 fn create_as_the_cli_does(config: &condagate::config::Config, name: &str, user: &str) {
-    let new = condagate::internals::tokens::lifecycle::NewToken {
+    let new = condagate::internals::tokens::issue::NewToken {
         name: name.to_owned(),
         user: user.to_owned(),
         scopes: vec!["conda:download".into()],
         expires: None,
         channels: None,
     };
-    condagate::internals::tokens::lifecycle::create(config, new, time::OffsetDateTime::now_utc()).unwrap();
+    condagate::internals::tokens::issue::create(config, new, time::OffsetDateTime::now_utc()).unwrap();
 }
 
 async fn served_max_age(p: &Proxy) -> String {

@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::http::body::{full, Body};
 use crate::policy::{self, Denied};
-use crate::tokens::lifecycle::{self, NewToken};
+use crate::tokens::issue::{self, NewToken};
 use crate::tokens::StoreError;
 use crate::tokens::{Scope, TokenRecord};
 
@@ -326,7 +326,7 @@ async fn reload_tokens(app: &App) {
 
 async fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: OffsetDateTime) -> Answer {
     let new = new_token_from_body(who, body, now)?;
-    let (token, record) = lifecycle::prepare(config, new, now)?;
+    let (token, record) = issue::prepare(config, new, now)?;
     app.store.create(record.clone()).await?;
     reload_tokens(app).await;
     let mut v = token_json(&record, now);
@@ -359,7 +359,7 @@ pub fn new_token_from_body(who: &TokenRecord, body: &Value, now: OffsetDateTime)
             format!("this token can only create tokens for {:?}, not {u:?}", who.user),
         ));
     }
-    let wanted = lifecycle::parse_scopes(&scopes)?;
+    let wanted = issue::parse_scopes(&scopes)?;
     if let Some(s) = wanted.iter().find(|w| !who.scopes.iter().any(|mine| mine.covers(**w))) {
         return Err(err(StatusCode::FORBIDDEN, format!("this token cannot grant the {} scope", s.name())));
     }
@@ -379,7 +379,7 @@ pub fn new_token_from_body(who: &TokenRecord, body: &Value, now: OffsetDateTime)
     };
     // Never later than the creating token's own expiry: asked for explicitly, that is refused; by default, the new
     // token's year is cut to it.
-    let default = now + lifecycle::DEFAULT_LIFETIME;
+    let default = now + issue::DEFAULT_LIFETIME;
     let expires = match (max_age, who.expires) {
         (Some(secs), Some(mine)) if now + time::Duration::seconds(secs as i64) > mine => {
             return Err(err(

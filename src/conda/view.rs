@@ -28,7 +28,7 @@ use crate::config::{Channel, Source};
 use crate::error::Error;
 use crate::http::body::{empty, full, Body};
 use crate::http::conditional::{self, RangeAsk};
-use crate::policy::View;
+use crate::policy::Grant;
 use crate::upstream::{Document, Refetch, Upstream};
 
 /// The forms a view is rendered in.
@@ -344,10 +344,10 @@ impl Views {
         up: &dyn Upstream,
         channel: &Channel,
         path: &ChannelPath,
-        view: &View,
+        view: &Grant,
         hash: &[u8; 32],
     ) -> Result<bool, Error> {
-        let View::Restricted(visible) = view else {
+        let Grant::Restricted(visible) = view else {
             return Ok(true);
         };
         let index_path = path.upstream_path_for(&FileKind::ShardIndex);
@@ -366,7 +366,7 @@ impl Views {
         up: &dyn Upstream,
         channel: &Channel,
         path: &ChannelPath,
-        view: &View,
+        view: &Grant,
         method: &Method,
         headers: &HeaderMap,
     ) -> Result<Option<Response<Body>>, Error> {
@@ -384,17 +384,17 @@ impl Views {
         let held = match self.document(up, channel, &source).await {
             Ok(h) => h,
             // An upstream that has only repodata.json.zst: serve it as it is when that is allowed.
-            Err(Error::NotFound) if form == Form::Zst && matches!(view, View::Full) => return Ok(None),
+            Err(Error::NotFound) if form == Form::Zst && matches!(view, Grant::Full) => return Ok(None),
             Err(e) => return Err(e),
         };
         let fingerprint = match view {
             // The document is in memory already: serve its bytes as they are, with the upstream's validator.
-            View::Full if !held.absolute_base_url && source_file == path.file => {
+            Grant::Full if !held.absolute_base_url && source_file == path.file => {
                 return Ok(Some(respond(&held.doc.bytes, &held.validators, method, headers)?));
             }
-            View::Full if !held.absolute_base_url => return Ok(None),
-            View::Full => None,
-            View::Restricted(v) => Some(v.fingerprint),
+            Grant::Full if !held.absolute_base_url => return Ok(None),
+            Grant::Full => None,
+            Grant::Restricted(v) => Some(v.fingerprint),
         };
         if path.file == FileKind::RepodataBz2 {
             return Err(Error::NotFound);
@@ -422,7 +422,7 @@ impl Views {
     }
 }
 
-async fn render(held: &Arc<Held>, key: &ViewKey, view: &View) -> Result<Rendered, Error> {
+async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendered, Error> {
     let held = Arc::clone(held);
     let view = view.clone();
     let form = key.form;

@@ -2,11 +2,11 @@
 //!
 //! One multi-threaded runtime shares a single epoll instance between its workers: one worker takes every readiness
 //! event and the others steal the woken tasks, so connection state moves between cores, and a worker with nothing
-//! to steal sleeps until it is woken. Like nginx's worker processes, a lane owns its connections from accept to close: their sockets
-//! are registered with the lane's own reactor, their tasks never move, and a lane never waits for another.
+//! to steal sleeps until it is woken. Like nginx's worker processes, a worker owns its connections from accept to close: their sockets
+//! are registered with the worker's own reactor, their tasks never move, and a worker never waits for another.
 //!
-//! The accept loop stays on the caller's runtime and hands each new socket to the lane serving the fewest
-//! connections. Everything the lanes share (`App`, metrics, the connection slots) is `Sync` already.
+//! The accept loop stays on the caller's runtime and hands each new socket to the worker serving the fewest
+//! connections. Everything the workers share (`App`, metrics, the connection slots) is `Sync` already.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,23 +18,23 @@ use tokio::sync::oneshot;
 
 use crate::http::conn::Connections;
 
-/// The running lanes. Dropping them stops every lane, cutting the connections it still serves.
-pub(crate) struct Lanes {
-    lanes: Vec<Lane>,
-    /// Where the search for the least busy lane starts, so ties rotate.
+/// The running workers. Dropping them stops every worker, cutting the connections it still serves.
+pub(crate) struct Workers {
+    workers: Vec<Worker>,
+    /// Where the search for the least busy worker starts, so ties rotate.
     next: AtomicUsize,
 }
 
-struct Lane {
+struct Worker {
     handle: Handle,
-    /// Connections this lane is serving.
+    /// Connections this worker is serving.
     load: Arc<AtomicUsize>,
-    /// Dropping it ends the lane's runtime.
+    /// Dropping it ends the worker's runtime.
     stop: oneshot::Sender<()>,
     thread: JoinHandle<()>,
 }
 
-/// Counts a connection against its lane until the connection's task ends.
+/// Counts a connection against its worker until the connection's task ends.
 struct Serving(Arc<AtomicUsize>);
 
 impl Drop for Serving {
@@ -43,35 +43,35 @@ impl Drop for Serving {
     }
 }
 
-impl Lanes {
-    /// Starts `n` lanes (at least one), reporting their connection counts in `gauges`.
+impl Workers {
+    /// Starts `n` workers (at least one), reporting their connection counts in `gauges`.
     pub(crate) fn start(n: usize, gauges: &Connections) -> std::io::Result<Self> {
-        let lanes: Vec<Lane> = (0..n.max(1)).map(Lane::start).collect::<std::io::Result<_>>()?;
-        gauges.set_workers(lanes.iter().map(|l| Arc::clone(&l.load)).collect());
-        Ok(Lanes { lanes, next: AtomicUsize::new(0) })
+        let workers: Vec<Worker> = (0..n.max(1)).map(Worker::start).collect::<std::io::Result<_>>()?;
+        gauges.set_workers(workers.iter().map(|l| Arc::clone(&l.load)).collect());
+        Ok(Workers { workers, next: AtomicUsize::new(0) })
     }
 
-    /// Runs `connection` on the lane serving the fewest connections. It is first polled there, so a socket it
-    /// registers on its first poll (`TcpStream::from_std`) belongs to that lane's reactor.
+    /// Runs `connection` on the worker serving the fewest connections. It is first polled there, so a socket it
+    /// registers on its first poll (`TcpStream::from_std`) belongs to that worker's reactor.
     pub(crate) fn serve(&self, connection: impl Future<Output = ()> + Send + 'static) {
-        let n = self.lanes.len();
+        let n = self.workers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let lane = (0..n)
-            .map(|i| &self.lanes[(start + i) % n])
+        let worker = (0..n)
+            .map(|i| &self.workers[(start + i) % n])
             .min_by_key(|l| l.load.load(Ordering::Relaxed))
-            .expect("at least one lane");
-        lane.load.fetch_add(1, Ordering::Relaxed);
-        let serving = Serving(Arc::clone(&lane.load));
-        lane.handle.spawn(async move {
+            .expect("at least one worker");
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        let serving = Serving(Arc::clone(&worker.load));
+        worker.handle.spawn(async move {
             let _serving = serving;
             connection.await;
         });
     }
 
-    /// Stops every lane and waits for their threads to end.
+    /// Stops every worker and waits for their threads to end.
     pub(crate) async fn stop(self) {
         let threads: Vec<_> = self
-            .lanes
+            .workers
             .into_iter()
             .map(|l| {
                 drop(l.stop);
@@ -87,7 +87,7 @@ impl Lanes {
     }
 }
 
-impl Lane {
+impl Worker {
     fn start(i: usize) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -97,7 +97,7 @@ impl Lane {
             // Connection tasks still here are dropped; a file read on the blocking pool is not waited for.
             rt.shutdown_background();
         })?;
-        Ok(Lane { handle, load: Arc::new(AtomicUsize::new(0)), stop, thread })
+        Ok(Worker { handle, load: Arc::new(AtomicUsize::new(0)), stop, thread })
     }
 }
 
@@ -106,42 +106,42 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    fn loads(lanes: &Lanes) -> Vec<usize> {
-        lanes.lanes.iter().map(|l| l.load.load(Ordering::Relaxed)).collect()
+    fn loads(workers: &Workers) -> Vec<usize> {
+        workers.workers.iter().map(|l| l.load.load(Ordering::Relaxed)).collect()
     }
 
     /// Serves a connection that lasts until the returned sender is dropped.
-    fn hold(lanes: &Lanes) -> oneshot::Sender<()> {
+    fn hold(workers: &Workers) -> oneshot::Sender<()> {
         let (tx, rx) = oneshot::channel::<()>();
-        lanes.serve(async move {
+        workers.serve(async move {
             let _ = rx.await;
         });
         tx
     }
 
     #[tokio::test]
-    async fn each_connection_goes_to_the_least_busy_lane_and_stopping_cuts_what_is_left() {
+    async fn each_connection_goes_to_the_least_busy_worker_and_stopping_cuts_what_is_left() {
         let gauges = Connections::default();
-        let lanes = Lanes::start(3, &gauges).unwrap();
-        let mut held: Vec<_> = (0..3).map(|_| Some(hold(&lanes))).collect();
-        assert_eq!(loads(&lanes), [1, 1, 1]);
-        // The connections of lanes 1 and 2 end: both new ones go there, not round the clock to lane 0.
+        let workers = Workers::start(3, &gauges).unwrap();
+        let mut held: Vec<_> = (0..3).map(|_| Some(hold(&workers))).collect();
+        assert_eq!(loads(&workers), [1, 1, 1]);
+        // The connections of workers 1 and 2 end: both new ones go there, not round the clock to worker 0.
         held[1] = None;
         held[2] = None;
         let started = Instant::now();
-        while loads(&lanes) != [1, 0, 0] {
+        while loads(&workers) != [1, 0, 0] {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "ended connections still counted: {:?}",
-                loads(&lanes)
+                loads(&workers)
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        held.push(Some(hold(&lanes)));
-        held.push(Some(hold(&lanes)));
-        assert_eq!(loads(&lanes), [1, 1, 1]);
-        lanes.stop().await;
+        held.push(Some(hold(&workers)));
+        held.push(Some(hold(&workers)));
+        assert_eq!(loads(&workers), [1, 1, 1]);
+        workers.stop().await;
         let cut = held.iter().flatten().filter(|tx| tx.is_closed()).count();
-        assert_eq!(cut, 3, "a stopped lane must drop the connections it still serves");
+        assert_eq!(cut, 3, "a stopped worker must drop the connections it still serves");
     }
 }

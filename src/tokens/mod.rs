@@ -2,7 +2,7 @@
 //! holds them (the tokens file by default).
 
 pub mod file;
-pub mod lifecycle;
+pub mod issue;
 pub mod store;
 pub mod table;
 pub mod token;

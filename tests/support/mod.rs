@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use condagate::config::Config;
 use condagate::internals::app::App;
-use condagate::internals::tokens::lifecycle::{self, NewToken};
+use condagate::internals::tokens::issue::{self, NewToken};
 use condagate::Server;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -167,7 +167,7 @@ dir = "channels""#,
             expires,
             channels,
         };
-        let (t, _) = lifecycle::create(&self.config(), new, OffsetDateTime::now_utc()).unwrap();
+        let (t, _) = issue::create(&self.config(), new, OffsetDateTime::now_utc()).unwrap();
         t.reveal().to_owned()
     }
 }

@@ -1,4 +1,4 @@
-//! Token operations shared by the CLI (and the admin API): create, list, revoke, inspect.
+//! Issuing tokens, shared by the CLI and the admin API: the request checked against the configuration, the secret made.
 
 use time::{Duration, OffsetDateTime};
 
