@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::auth::throttle::Throttle;
+use crate::auth::Checks;
+use crate::clock::Clock;
 use crate::conda::view::Views;
 use crate::config::Config;
 use crate::http::tls::CertStore;
@@ -132,6 +134,8 @@ pub struct App {
     pub tls: Option<Arc<CertStore>>,
     /// What is known of each channel's upstream.
     pub health: Arc<UpstreamHealth>,
+    /// The clock token expiry is judged by.
+    pub clock: Clock,
     updates: tokio::sync::Mutex<()>,
     status: Mutex<ReloadStatus>,
     /// Test support: a request for exactly this path, which must be one condagate does not serve, panics in its
@@ -173,6 +177,7 @@ impl App {
             throttle,
             tls,
             health: Arc::default(),
+            clock: Clock::default(),
             updates: tokio::sync::Mutex::new(()),
             status: Mutex::new(status),
             panic_path: std::sync::OnceLock::new(),
@@ -189,6 +194,11 @@ impl App {
     /// reference count), unlike [`App::snapshot`].
     pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.snapshot.load()
+    }
+
+    /// What a token check needs besides the table.
+    pub fn checks(&self) -> Checks<'_> {
+        Checks { throttle: &self.throttle, metrics: &self.metrics, clock: &self.clock }
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, ReloadStatus> {

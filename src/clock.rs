@@ -1,6 +1,7 @@
 //! Instants kept in atomics, as nanoseconds after a base instant, so that hot paths read and write them without a
 //! lock: when a connection last answered, when the throttle's latest cool-down ends, when a document was checked.
 
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use time::format_description::well_known::Rfc3339;
@@ -14,6 +15,27 @@ pub fn nanos_after(base: Instant, at: Instant) -> u64 {
 /// The instant `nanos` nanoseconds after `base`.
 pub fn after(base: Instant, nanos: u64) -> Instant {
     base + Duration::from_nanos(nanos)
+}
+
+/// The wall clock a server reads for token expiry: the system's, plus an offset that only tests move, so that
+/// expiry is tested without sleeping.
+#[derive(Debug, Default)]
+pub struct Clock {
+    ahead_ns: AtomicI64,
+}
+
+impl Clock {
+    /// The time now, by this clock.
+    pub fn now_utc(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + time::Duration::nanoseconds(self.ahead_ns.load(Relaxed))
+    }
+
+    /// Test support: moves this clock `by` ahead of the system's.
+    #[doc(hidden)]
+    pub fn advance(&self, by: Duration) {
+        let by = i64::try_from(by.as_nanos()).unwrap_or(i64::MAX);
+        self.ahead_ns.fetch_add(by, Relaxed);
+    }
 }
 
 /// Formats a time the way the tokens file and the CLI show it.

@@ -177,9 +177,9 @@ impl Policy {
         Self::check_status(record.status(now))
     }
 
-    /// [`Policy::check_token`] at this moment, reading the clock only for a token that can expire.
-    pub fn check_token_now(record: &TokenRecord) -> Result<(), Denied> {
-        Self::check_status(record.status_now())
+    /// [`Policy::check_token`] at the time `now` gives, asked only for a token that can expire.
+    pub fn check_token_lazily(record: &TokenRecord, now: impl FnOnce() -> OffsetDateTime) -> Result<(), Denied> {
+        Self::check_status(record.status_lazily(now))
     }
 
     fn check_status(status: TokenStatus) -> Result<(), Denied> {

@@ -62,7 +62,7 @@ async fn channel_file(
     };
     let record = match digest {
         None => None,
-        Some(d) => Some(check_token((&app.throttle, &app.metrics), &snap.tokens, &d, peer.ip(), now, &mut out.token)?),
+        Some(d) => Some(check_token(app.checks(), &snap.tokens, &d, peer.ip(), now, &mut out.token)?),
     };
     let view = snap.policy.authorize(path.channel(), path.label_name(), record.map(|r| &**r))?;
     let channel = snap.config.channel(path.channel()).ok_or(Error::NotFound)?;
@@ -114,7 +114,7 @@ fn may_see_details(
     out: &mut Outcome,
 ) -> bool {
     let Ok(Some(token)) = header_token(req.headers()) else { return false };
-    check_token((&app.throttle, &app.metrics), &snap.tokens, &token.digest(), client, now, &mut out.token)
+    check_token(app.checks(), &snap.tokens, &token.digest(), client, now, &mut out.token)
         .is_ok_and(|r| r.can_api(crate::tokens::Scope::ApiRead))
 }
 

@@ -61,32 +61,6 @@ async fn fetch(p: &Proxy, cred: Cred, token: Option<&str>, rest: &str) -> Got {
     call(p, "GET", cred, token, rest, &[]).await
 }
 
-/// Checks a refusal: status, problem+json shape, and that neither body nor headers hold a secret. Returns the body.
-#[track_caller]
-fn problem(g: &Got, status: u16, secrets: &[&str], what: &str) -> serde_json::Value {
-    assert_eq!(g.status.as_u16(), status, "{what}: {}", g.text());
-    assert_eq!(g.header("content-type"), Some("application/problem+json"), "{what}");
-    let v = g.json();
-    let ty = v["type"].as_str().unwrap_or_else(|| panic!("{what}: no type in {v}"));
-    assert!(ty.starts_with("https://"), "{what}: type {ty}");
-    assert!(!v["title"].as_str().unwrap_or("").is_empty(), "{what}: no title in {v}");
-    assert_eq!(v["status"].as_u64(), Some(u64::from(status)), "{what}: {v}");
-    assert!(!v["detail"].as_str().unwrap_or("").is_empty(), "{what}: no detail in {v}");
-    no_secret(g, secrets, what);
-    v
-}
-
-#[track_caller]
-fn no_secret(g: &Got, secrets: &[&str], what: &str) {
-    let body = g.text();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        assert!(!body.contains(s), "{what}: the body holds a token: {body}");
-        for (k, v) in &g.headers {
-            assert!(!String::from_utf8_lossy(v.as_bytes()).contains(s), "{what}: header {k} holds a token");
-        }
-    }
-}
-
 fn detail(v: &serde_json::Value) -> &str {
     v["detail"].as_str().unwrap_or("")
 }
@@ -181,7 +155,7 @@ async fn status_table(cred: Cred) {
     for rest in ["/mychan/noarch/repodata.json", "/mychan/noarch/alpha-1.0-0.tar.bz2", "/authchan/noarch/repodata.json"]
     {
         let g = fetch(&p, cred, None, rest).await;
-        problem(&g, 401, &all, &what(rest));
+        assert_problem(&g, 401, &all, &what(rest));
         let challenges: Vec<String> =
             g.headers.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
         assert!(challenges.iter().any(|c| c.starts_with("Bearer")), "{}: {challenges:?}", what(rest));
@@ -194,7 +168,7 @@ async fn status_table(cred: Cred) {
             ["/mychan/noarch/repodata.json", "/pubchan/noarch/hello-1.0-0.tar.bz2", "/authchan/noarch/repodata.json"]
         {
             let g = fetch(&p, cred, Some(tok), rest).await;
-            let v = problem(&g, 401, &all, &what(&format!("{word} token on {rest}")));
+            let v = assert_problem(&g, 401, &all, &what(&format!("{word} token on {rest}")));
             assert!(detail(&v).contains(word), "{}: {v}", what(word));
             assert!(g.header("www-authenticate").is_some(), "{}", what(word));
         }
@@ -203,7 +177,7 @@ async fn status_table(cred: Cred) {
     // Expired: 401, and the detail says so and when.
     for rest in ["/mychan/noarch/repodata.json", "/pubchan/noarch/repodata.json"] {
         let g = fetch(&p, cred, Some(&t.expired), rest).await;
-        let v = problem(&g, 401, &all, &what("expired"));
+        let v = assert_problem(&g, 401, &all, &what("expired"));
         assert!(detail(&v).contains("expired"), "{}: {v}", what("expired"));
         assert!(detail(&v).contains(EXPIRED_AT), "{}: {v}", what("expired: when"));
     }
@@ -211,7 +185,7 @@ async fn status_table(cred: Cred) {
     // A valid token without a download scope: 403.
     for rest in ["/mychan/noarch/repodata.json", "/authchan/noarch/hello-1.0-0.tar.bz2"] {
         let g = fetch(&p, cred, Some(&t.api), rest).await;
-        let v = problem(&g, 403, &all, &what("api scope"));
+        let v = assert_problem(&g, 403, &all, &what("api scope"));
         assert!(detail(&v).contains("scope"), "{}: {v}", what("api scope"));
     }
 
@@ -220,14 +194,14 @@ async fn status_table(cred: Cred) {
         ["/mychan/noarch/repodata.json", "/mychan/noarch/alpha-1.0-0.tar.bz2", "/mychan/label/dev/noarch/repodata.json"]
     {
         let g = fetch(&p, cred, Some(&t.zed), rest).await;
-        problem(&g, 403, &all, &what(&format!("zed on {rest}")));
+        assert_problem(&g, 403, &all, &what(&format!("zed on {rest}")));
     }
 
     // Hidden, missing, unknown channel, kind not served: 404, hidden and missing indistinguishable.
     let hidden = fetch(&p, cred, Some(&t.bob), "/mychan/noarch/secretpkg-1.0-0.conda").await;
-    problem(&hidden, 404, &all, &what("hidden"));
+    assert_problem(&hidden, 404, &all, &what("hidden"));
     let missing = fetch(&p, cred, Some(&t.bob), "/mychan/noarch/alpha-9.9-0.tar.bz2").await;
-    problem(&missing, 404, &all, &what("missing"));
+    assert_problem(&missing, 404, &all, &what("missing"));
     assert_eq!(hidden.body, missing.body, "{}", what("hidden vs missing bodies"));
     let mut hh: Vec<_> = hidden.headers.iter().filter(|(k, _)| *k != "date").collect();
     let mut mh: Vec<_> = missing.headers.iter().filter(|(k, _)| *k != "date").collect();
@@ -239,13 +213,13 @@ async fn status_table(cred: Cred) {
     assert_eq!(owner.status, 200, "{}", what("owner"));
     assert_eq!(owner.body, file(&demo, "mychan/noarch/secretpkg-1.0-0.conda"));
     let missing_owner = fetch(&p, cred, Some(&t.alice), "/mychan/noarch/secretpkg-9.9-0.conda").await;
-    problem(&missing_owner, 404, &all, &what("owner, missing"));
+    assert_problem(&missing_owner, 404, &all, &what("owner, missing"));
     assert_eq!(missing_owner.body, hidden.body);
     // An unknown channel answers as a channel the token's user cannot reach, so no caller learns which private
     // channels exist.
     for rest in ["/nochan/noarch/repodata.json", "/nochan/noarch/alpha-1.0-0.tar.bz2"] {
         let g = fetch(&p, cred, Some(&t.alice), rest).await;
-        problem(&g, 403, &all, &what(rest));
+        assert_problem(&g, 403, &all, &what(rest));
     }
     for rest in [
         "/mychan/noarch/index.html",
@@ -254,14 +228,14 @@ async fn status_table(cred: Cred) {
         "/mychan/noarch/alpha-1.0-0.zip",
     ] {
         let g = fetch(&p, cred, Some(&t.alice), rest).await;
-        problem(&g, 404, &all, &what(rest));
+        assert_problem(&g, 404, &all, &what(rest));
         assert_eq!(g.body, hidden.body, "{}: 404 bodies differ", what(rest));
     }
 
     // Methods other than GET and HEAD: 405 with Allow.
     for method in ["POST", "PUT", "DELETE"] {
         let g = call(&p, method, cred, Some(&t.bob), "/mychan/noarch/repodata.json", &[]).await;
-        problem(&g, 405, &all, &what(method));
+        assert_problem(&g, 405, &all, &what(method));
         let allow = g.header("allow").unwrap_or_else(|| panic!("{}: no Allow", what(method)));
         assert!(allow.contains("GET") && allow.contains("HEAD"), "{}: {allow}", what(method));
     }
@@ -300,13 +274,13 @@ async fn a_path_token_wins_over_a_header_token() {
     assert_eq!(g.status, 200, "{}", g.text());
     // Path: zed — header: alice. Zed's decision applies.
     let g = get(&p.url(&format!("/t/{}{secret}", t.zed)), &[("authorization", &bearer(&t.alice))]).await;
-    problem(&g, 403, &[&t.alice, &t.zed], "zed in the path");
+    assert_problem(&g, 403, &[&t.alice, &t.zed], "zed in the path");
     // Path: bob (hidden package) — header: alice.
     let g = get(&p.url(&format!("/t/{}{secret}", t.bob)), &[("authorization", &bearer(&t.alice))]).await;
-    problem(&g, 404, &[&t.alice, &t.bob], "bob in the path");
+    assert_problem(&g, 404, &[&t.alice, &t.bob], "bob in the path");
     // Path: a revoked token — header: a good one. The path's refusal stands.
     let g = get(&p.url(&format!("/t/{}{secret}", t.revoked)), &[("authorization", &bearer(&t.alice))]).await;
-    problem(&g, 401, &[&t.alice, &t.revoked], "revoked in the path");
+    assert_problem(&g, 401, &[&t.alice, &t.revoked], "revoked in the path");
     // Path: good — header: garbage. The header is not even looked at.
     let g = get(&p.url(&format!("/t/{}{secret}", t.alice)), &[("authorization", "Bearer not_a.token")]).await;
     assert_eq!(g.status, 200, "{}", g.text());
@@ -339,14 +313,14 @@ async fn upstream_failures_are_502_and_504_for_every_credential_form() {
         for rest in ["/mychan/noarch/alpha-1.0-0.tar.bz2", view] {
             rec.set(Behaviour::Hang);
             let g = fetch(&p, cred, Some(&t.bob), rest).await;
-            problem(&g, 504, &secrets, &format!("{cred:?} {rest}: hanging upstream"));
+            assert_problem(&g, 504, &secrets, &format!("{cred:?} {rest}: hanging upstream"));
 
             rec.set(Behaviour::Fail);
             let g = fetch(&p, cred, Some(&t.bob), rest).await;
-            problem(&g, 502, &secrets, &format!("{cred:?} {rest}: upstream 500"));
+            assert_problem(&g, 502, &secrets, &format!("{cred:?} {rest}: upstream 500"));
 
             let g = fetch(&dead, cred, Some(&t.bob), rest).await;
-            problem(&g, 502, &secrets, &format!("{cred:?} {rest}: unreachable upstream"));
+            assert_problem(&g, 502, &secrets, &format!("{cred:?} {rest}: unreachable upstream"));
 
             // The same request through a working upstream succeeds: the failures above were the upstream's.
             rec.set(Behaviour::Normal);
@@ -356,11 +330,11 @@ async fn upstream_failures_are_502_and_504_for_every_credential_form() {
         // The owner's unfiltered path relays the upstream too, and fails the same way.
         rec.set(Behaviour::Hang);
         let g = fetch(&p, cred, Some(&t.alice), "/mychan/noarch/repodata.json.zst").await;
-        problem(&g, 504, &secrets, &format!("{cred:?}: owner, hanging upstream"));
+        assert_problem(&g, 504, &secrets, &format!("{cred:?}: owner, hanging upstream"));
     }
     // Refusals are decided before the upstream is asked: a hanging upstream does not turn them into 504.
     let g = fetch(&p, Cred::Path, Some(&t.zed), "/mychan/noarch/repodata.json").await;
-    problem(&g, 403, &[&t.zed], "zed with a hanging upstream");
+    assert_problem(&g, 403, &[&t.zed], "zed with a hanging upstream");
     p.stop().await;
     dead.stop().await;
 }
@@ -448,7 +422,7 @@ async fn an_upstream_cut_mid_body_fails_the_client_transfer() {
     }
     // A view built from a cut document is an upstream failure, not a short or empty repodata.
     let g = get(&p.url(&format!("/t/{bob}/mychan/noarch/repodata.json")), &[]).await;
-    problem(&g, 502, &[&bob], "view from a cut document");
+    assert_problem(&g, 502, &[&bob], "view from a cut document");
     rec.set(Behaviour::Normal);
     let g = get(&p.url(&format!("/t/{bob}/mychan/noarch/repodata.json")), &[]).await;
     assert_eq!(g.status, 200);
@@ -520,7 +494,7 @@ async fn conditional_suite(p: &Proxy, demo: &Demo, bob: &str, alice: &str, label
         assert_eq!(&g.body[..], &data[100..], "{what}: bytes=100-");
         // unsatisfiable
         let g = with(vec![("range", format!("bytes={n}-"))]).await;
-        problem(&g, 416, &[bob, alice], &format!("{what}: bytes={n}-"));
+        assert_problem(&g, 416, &[bob, alice], &format!("{what}: bytes={n}-"));
         assert_eq!(g.header("content-range"), Some(format!("bytes */{n}").as_str()), "{what}: 416 Content-Range");
 
         // HEAD: same headers, no body.
@@ -562,7 +536,7 @@ async fn conditional_suite(p: &Proxy, demo: &Demo, bob: &str, alice: &str, label
     let g = call(p, "GET", Cred::Path, Some(bob), rest, &[("range", "bytes=5-")]).await;
     assert_eq!(&g.body[..], &view.body[5..], "{label}: view range a-");
     let g = call(p, "GET", Cred::Path, Some(bob), rest, &[("range", "bytes=999999-")]).await;
-    problem(&g, 416, &[bob], "view 416");
+    assert_problem(&g, 416, &[bob], "view 416");
     assert_eq!(g.header("content-range"), Some(format!("bytes */{n}").as_str()));
     let h = call(p, "HEAD", Cred::Path, Some(bob), rest, &[]).await;
     assert_eq!(h.status, 200);
@@ -1010,4 +984,24 @@ async fn the_log_and_metrics_hold_no_token() {
         assert!(count_occurrences(body, &secrets).is_empty(), "a token in /metrics");
         assert!(body.contains("condagate_auth_refusals_total"), "{body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_stops_working_when_the_servers_clock_passes_its_expiry() {
+    let demo = Demo::new();
+    let expires = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let t = demo.token_with("soon", "bob", "conda:download api:read", Some(expires), None);
+    let p = Proxy::start(demo.config()).await;
+    let file = p.url(&format!("/t/{t}/mychan/noarch/repodata.json"));
+    let (auth, user) = (format!("Bearer {t}"), p.url("/api/user"));
+    let api = || async { get(&user, &[("authorization", &auth)]).await.status };
+    assert_eq!(get(&file, &[]).await.status, 200);
+    assert_eq!(api().await, 200);
+
+    // Two hours later by the server's clock (the seam tests move instead of sleeping).
+    p.app.clock.advance(std::time::Duration::from_secs(2 * 3600));
+    let v = assert_problem(&get(&file, &[]).await, 401, &[&t], "a file after expiry");
+    assert!(detail(&v).contains("expired"), "{v}");
+    assert_eq!(api().await, 401, "the admin API after expiry");
+    p.stop().await;
 }

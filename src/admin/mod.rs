@@ -111,23 +111,18 @@ fn identify(
         .map_err(|_| unauthorized("the token given is malformed"))?
         .ok_or_else(|| unauthorized("authentication required: send Authorization: token <TOKEN>"))?;
     let mut seen = None;
-    check_token(
-        (&app.throttle, &app.metrics),
-        &snap.tokens,
-        &token.digest(),
-        peer.ip(),
-        std::time::Instant::now(),
-        &mut seen,
-    )
-    .map_err(|e| match e {
-        Error::Throttled { retry_after } => {
-            err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {retry_after} s"))
-        }
-        Error::Denied(Denied::Expired(at)) => unauthorized(&format!("the token given expired at {}", format_time(at))),
-        Error::Denied(Denied::Revoked) => unauthorized("the token given has been revoked"),
-        _ => unauthorized("the token given is invalid"),
-    })
-    .cloned()
+    check_token(app.checks(), &snap.tokens, &token.digest(), peer.ip(), std::time::Instant::now(), &mut seen)
+        .map_err(|e| match e {
+            Error::Throttled { retry_after } => {
+                err(StatusCode::TOO_MANY_REQUESTS, format!("too many failed attempts; retry in {retry_after} s"))
+            }
+            Error::Denied(Denied::Expired(at)) => {
+                unauthorized(&format!("the token given expired at {}", format_time(at)))
+            }
+            Error::Denied(Denied::Revoked) => unauthorized("the token given has been revoked"),
+            _ => unauthorized("the token given is invalid"),
+        })
+        .cloned()
 }
 
 fn need(who: &TokenRecord, scope: Scope) -> Result<(), ApiError> {
@@ -206,7 +201,7 @@ async fn route(
     }
     let who = identify(app, snap, &req, peer)?;
     *who_out = Some(Arc::clone(&who));
-    let now = OffsetDateTime::now_utc();
+    let now = app.clock.now_utc();
     let config = &snap.config;
     match (&method, s.as_slice()) {
         (&Method::GET, ["user"]) => {

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
+use crate::clock::Clock;
 use crate::config::IpNet;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -93,13 +94,24 @@ pub fn header_token(headers: &HeaderMap) -> Result<Option<Token>, Denied> {
     token.map(Some).map_err(|_| Denied::Malformed)
 }
 
+/// What a token check reads and counts besides the table.
+#[derive(Clone, Copy)]
+pub struct Checks<'a> {
+    /// Failed checks per client address.
+    pub throttle: &'a Throttle,
+    /// Where cool-downs are counted.
+    pub metrics: &'a Metrics,
+    /// The clock expiry is judged by.
+    pub clock: &'a Clock,
+}
+
 /// Looks a presented token up and checks it, counting a failure against the client and refusing a client that is
 /// cooling down, unless the token is valid: every token condagate issues holds 160 random bits, so a valid one
 /// cannot have been guessed, and one user's typos behind a shared address must not lock out the rest. When the
 /// access log is on, `seen` gets the record whenever the token is known, even if refused. The record is borrowed
 /// from the table, which the caller holds for the request.
 pub fn check_token<'s>(
-    (throttle, metrics): (&Throttle, &Metrics),
+    Checks { throttle, metrics, clock }: Checks<'_>,
     tokens: &'s TokenTable,
     token: &Digest,
     client: IpAddr,
@@ -112,7 +124,7 @@ pub fn check_token<'s>(
         if tracing::enabled!(target: "condagate::access", tracing::Level::INFO) {
             *seen = Some(Arc::clone(r));
         }
-        Policy::check_token_now(r).map(|()| r)
+        Policy::check_token_lazily(r, || clock.now_utc()).map(|()| r)
     });
     match checked {
         Ok(r) => Ok(r),

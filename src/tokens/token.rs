@@ -355,11 +355,11 @@ impl TokenRecord {
         }
     }
 
-    /// The token's status now. The clock is read only for a token that can expire.
-    pub fn status_now(&self) -> TokenStatus {
+    /// The token's status at the time `now` gives; `now` is called only for a token that can expire.
+    pub fn status_lazily(&self, now: impl FnOnce() -> OffsetDateTime) -> TokenStatus {
         match (self.revoked, self.expires) {
             (None, None) => TokenStatus::Active,
-            _ => self.status(OffsetDateTime::now_utc()),
+            _ => self.status(now()),
         }
     }
 

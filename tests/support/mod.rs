@@ -8,7 +8,9 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod mirrors;
+pub mod tls;
 pub mod venv;
 
 use std::collections::HashMap;
@@ -487,4 +489,74 @@ pub async fn raw_get(addr: SocketAddr, target: &[u8], extra_headers: &str) -> (O
 /// The value of a counter or gauge line `name value` in a Prometheus text body.
 pub fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Checks a refusal: status, problem+json shape, and that neither body nor headers hold a secret. Returns the body.
+#[track_caller]
+pub fn assert_problem(g: &Got, status: u16, secrets: &[&str], what: &str) -> serde_json::Value {
+    assert_eq!(g.status.as_u16(), status, "{what}: {}", g.text());
+    assert_eq!(g.header("content-type"), Some("application/problem+json"), "{what}");
+    let v = g.json();
+    let ty = v["type"].as_str().unwrap_or_else(|| panic!("{what}: no type in {v}"));
+    assert!(ty.starts_with("https://"), "{what}: type {ty}");
+    assert!(!v["title"].as_str().unwrap_or("").is_empty(), "{what}: no title in {v}");
+    assert_eq!(v["status"].as_u64(), Some(u64::from(status)), "{what}: {v}");
+    assert!(!v["detail"].as_str().unwrap_or("").is_empty(), "{what}: no detail in {v}");
+    assert_no_secret_in(g, secrets, what);
+    v
+}
+
+#[track_caller]
+pub fn assert_no_secret_in(g: &Got, secrets: &[&str], what: &str) {
+    let body = g.text();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        assert!(!body.contains(s), "{what}: the body holds a token: {body}");
+        for (k, v) in &g.headers {
+            assert!(!String::from_utf8_lossy(v.as_bytes()).contains(s), "{what}: header {k} holds a token");
+        }
+    }
+}
+
+/// Waits for `cond` to hold, checking every 20 ms, and fails the test naming `what` once `limit` has passed.
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "gave up after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually`] for a condition that must itself wait (a request): checked every 20 ms, for at most `limit`.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "gave up after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub const LOCAL_UPSTREAM: &str = "[upstream]\ndir = \"channels\"";
+
+/// Panics if any of `secrets` occurs in `text`; `what` says where the text came from.
+pub fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
+    let found = count_occurrences(text, secrets);
+    assert!(found.is_empty(), "{what} contains token(s) {found:?}:\n{}", &text[..text.len().min(4000)]);
+}
+
+/// Deterministic bytes that do not repeat on short periods, so misplaced chunks are noticed.
+pub fn big_payload(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
 }
