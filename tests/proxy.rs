@@ -863,7 +863,9 @@ impl std::io::Write for Sink {
 /// Waits until the proxy has finished (and so logged) `n` requests besides the `/metrics` polls themselves.
 async fn wait_logged(p: &Proxy, n: u64) -> String {
     let mut polls = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
+        assert!(std::time::Instant::now() < deadline, "{n} requests were not all logged within 10 s");
         let m = get(&p.url("/metrics"), &[]).await.text();
         let done: f64 = ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .iter()
