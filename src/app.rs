@@ -12,11 +12,11 @@ use crate::auth::throttle::Throttle;
 use crate::auth::Checks;
 use crate::clock::Clock;
 use crate::conda::view::Views;
-use crate::config::Config;
+use crate::config::{Config, Group};
 use crate::http::tls::CertStore;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::tokens::store::{self, TokenStore};
+use crate::tokens::store::{self, Freshness, TokenStore};
 use crate::tokens::TokenTable;
 use crate::upstream::health::UpstreamHealth;
 use crate::upstream::{ChannelUpstreams, Upstreams};
@@ -54,6 +54,19 @@ impl Snapshot {
         let shared = http::HeaderValue::try_from(format!("max-age={age}, s-maxage=0"))
             .unwrap_or(http::HeaderValue::from_static("no-cache"));
         Snapshot { repodata_cache_control: [value("public"), shared], config, policy, tokens, upstreams }
+    }
+
+    /// This state with other groups (from the store that keeps them) and tokens: the policy compiled again.
+    fn with_groups(&self, groups: Vec<Group>, tokens: Arc<TokenTable>) -> Self {
+        let mut config = Config::clone(&self.config);
+        config.groups = groups;
+        Snapshot {
+            policy: Arc::new(Policy::new(&config)),
+            config: Arc::new(config),
+            tokens,
+            upstreams: Arc::clone(&self.upstreams),
+            repodata_cache_control: self.repodata_cache_control.clone(),
+        }
     }
 
     /// This state with other tokens.
@@ -98,14 +111,14 @@ impl ReloadStatus {
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The tokens could not be loaded.
-    #[error("tokens: {0}")]
+    /// The tokens could not be loaded (the message names the file or the database).
+    #[error(transparent)]
     Tokens(#[from] crate::tokens::StoreError),
     /// The TLS certificate or key could not be read.
     #[error("server.tls: {0}")]
     Tls(String),
     /// The listener or the worker threads failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -124,6 +137,8 @@ pub struct App {
     pub upstreams: Upstreams,
     /// Where the tokens are kept.
     pub store: Arc<dyn TokenStore>,
+    /// How current the token table is known to be.
+    pub freshness: Arc<Freshness>,
     /// Cached repodata views.
     pub views: Views,
     /// Counters for `/metrics`.
@@ -153,8 +168,13 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 impl App {
     /// Builds the state from a checked configuration, loading its tokens.
     pub async fn new(config: Config) -> Result<Self, StartError> {
-        let store = store::open(&config);
+        let store = store::open(&config).await?;
+        let freshness = store.freshness();
         let tokens = TokenTable::new(store.load().await?);
+        let mut config = config;
+        if let Some(groups) = store.groups().await? {
+            config.groups = groups;
+        }
         let upstreams = Upstreams::new(config.upstream_timeouts, config.upstream_max_document);
         let views = Views::new(config.cache_max_bytes, config.upstream_recheck);
         let t = config.server.throttle;
@@ -172,6 +192,7 @@ impl App {
             snapshot: ArcSwap::from_pointee(snapshot),
             upstreams,
             store,
+            freshness,
             views,
             metrics: Metrics::default(),
             throttle,
@@ -198,7 +219,7 @@ impl App {
 
     /// What a token check needs besides the table.
     pub fn checks(&self) -> Checks<'_> {
-        Checks { throttle: &self.throttle, metrics: &self.metrics, clock: &self.clock }
+        Checks { throttle: &self.throttle, metrics: &self.metrics, clock: &self.clock, freshness: &self.freshness }
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, ReloadStatus> {
@@ -240,22 +261,31 @@ impl App {
     pub async fn reload_tokens(&self) -> Result<(), String> {
         let _turn = self.updates.lock().await;
         let snap = self.snapshot();
-        let tokens = self.read_tokens().await?;
-        self.snapshot.store(Arc::new(snap.with_tokens(tokens)));
+        let (tokens, groups) = self.read_tokens().await?;
+        let next = match groups {
+            Some(groups) => snap.with_groups(groups, tokens),
+            None => snap.with_tokens(tokens),
+        };
+        self.snapshot.store(Arc::new(next));
         tracing::info!(tokens_generation = self.status().tokens_generation, "tokens reloaded");
         Ok(())
     }
 
-    /// Reads the tokens for the next snapshot, noting the new generation or the failure.
-    async fn read_tokens(&self) -> Result<Arc<TokenTable>, String> {
-        let loaded = self.store.load().await.map_err(|e| e.to_string());
+    /// Reads the tokens (and the groups, from a store that keeps them) for the next snapshot, noting the new
+    /// generation or the failure.
+    async fn read_tokens(&self) -> Result<(Arc<TokenTable>, Option<Vec<Group>>), String> {
+        let loaded = match self.store.load().await {
+            Ok(records) => self.store.groups().await.map(|g| (records, g)),
+            Err(e) => Err(e),
+        };
+        let loaded = loaded.map_err(|e| e.to_string());
         self.after_tokens_read().await;
         let mut status = self.status();
         match loaded {
-            Ok(records) => {
+            Ok((records, groups)) => {
                 status.tokens_generation += 1;
                 status.tokens_error = None;
-                Ok(Arc::new(TokenTable::new(records)))
+                Ok((Arc::new(TokenTable::new(records)), groups))
             }
             Err(e) => {
                 tracing::error!(error = %e, "tokens reload refused; the previous tokens stay in force");
@@ -283,13 +313,17 @@ impl App {
         }
         let Some(path) = snap.config.path.clone() else {
             let tokens = self.read_tokens().await;
-            if let Ok(t) = &tokens {
-                self.snapshot.store(Arc::new(snap.with_tokens(Arc::clone(t))));
+            if let Ok((t, groups)) = &tokens {
+                let next = match groups {
+                    Some(g) => snap.with_groups(g.clone(), Arc::clone(t)),
+                    None => snap.with_tokens(Arc::clone(t)),
+                };
+                self.snapshot.store(Arc::new(next));
             }
             return tokens.map(|_| ()).and(tls);
         };
         let shown = path.display().to_string();
-        let config = match blocking(move || Config::load(&path)).await? {
+        let mut config = match blocking(move || Config::load(&path)).await? {
             Ok(c) => c,
             Err(e) => {
                 let why = e.problems.join("; ");
@@ -301,11 +335,28 @@ impl App {
         if config.server.listen != snap.config.server.listen {
             tracing::warn!("server.listen changed; the new address takes effect after a restart");
         }
-        if config.tokens_file != snap.config.tokens_file {
+        if config.tokens_file != snap.config.tokens_file
+            || config.tokens_postgres.as_ref().map(|p| p.url().to_owned())
+                != snap.config.tokens_postgres.as_ref().map(|p| p.url().to_owned())
+        {
             tracing::warn!("tokens.file changed; the new store takes effect after a restart");
         }
         let tokens = self.read_tokens().await;
-        let table = tokens.as_ref().map_or_else(|_| Arc::clone(&snap.tokens), Arc::clone);
+        let table = match &tokens {
+            Ok((t, groups)) => {
+                if let Some(g) = groups {
+                    config.groups = g.clone();
+                }
+                Arc::clone(t)
+            }
+            // The groups the store gave last stay in force with the tokens.
+            Err(_) => {
+                if self.store.keeps_groups() {
+                    config.groups = snap.config.groups.clone();
+                }
+                Arc::clone(&snap.tokens)
+            }
+        };
         self.snapshot.store(Arc::new(Snapshot::new(config, &self.upstreams, table)));
         let mut status = self.status();
         status.config_generation += 1;

@@ -47,6 +47,9 @@ pub enum Error {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The token table has not been known current for longer than `tokens.max_stale`: token checks fail closed.
+    #[error("the token store has not been reachable for too long")]
+    TokensStale,
     /// condagate's own fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -87,6 +90,8 @@ pub enum Reason {
     UpstreamError,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The token table is too stale to decide on.
+    TokensStale,
     /// condagate failed.
     InternalError,
 }
@@ -147,6 +152,7 @@ impl Error {
             Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::TokensStale => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -162,7 +168,7 @@ impl Error {
             | Error::RangeNotSatisfiable { .. }
             | Error::Throttled { .. } => Blame::Client,
             Error::Upstream(_) | Error::UpstreamTimeout => Blame::Upstream,
-            Error::Internal(_) => Blame::Proxy,
+            Error::TokensStale | Error::Internal(_) => Blame::Proxy,
         }
     }
 
@@ -186,6 +192,7 @@ impl Error {
             Error::Throttled { .. } => Reason::Throttled,
             Error::Upstream(_) => Reason::UpstreamError,
             Error::UpstreamTimeout => Reason::UpstreamTimeout,
+            Error::TokensStale => Reason::TokensStale,
             Error::Internal(_) => Reason::InternalError,
         }
     }
@@ -217,6 +224,9 @@ impl Error {
             }
             Error::Upstream(_) => "The package store behind this server failed.".to_owned(),
             Error::UpstreamTimeout => "The package store behind this server did not answer in time.".to_owned(),
+            Error::TokensStale => "The server cannot reach its token store and will not decide on tokens it may no \
+                                   longer know; try again shortly."
+                .to_owned(),
             Error::Internal(_) => "The server failed; the error was logged.".to_owned(),
         }
     }
@@ -251,6 +261,9 @@ impl Error {
             }
             Error::Throttled { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Error::TokensStale => {
+                h.insert(RETRY_AFTER, HeaderValue::from(5));
             }
             Error::Denied(Denied::NoDownloadScope | Denied::NotAllowed)
             | Error::BadPath

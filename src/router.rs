@@ -167,12 +167,18 @@ pub(crate) async fn dispatch(
         Route::Health => {
             let status = app.reload_status();
             let down = app.health.down(&snap.config);
-            let healthy = status.error().is_none() && down == 0;
+            let stale = app.freshness.is_stale(now);
+            let healthy = status.error().is_none() && down == 0 && !stale;
             let mut body = serde_json::json!({
                 "status": if healthy { "ok" } else { "degraded" },
                 "config_generation": status.config_generation,
                 "tokens_generation": status.tokens_generation,
             });
+            // How long since the table was last known to match a store that can change behind it (PostgreSQL).
+            if let Some(age) = app.freshness.age(now) {
+                body["tokens_age_seconds"] = ((age.as_millis() as f64) / 1000.0).into();
+                body["tokens_stale"] = stale.into();
+            }
             // What failed, and where, only for a token that may read the admin API: errors name files and keys,
             // and the upstream states name channels an anonymous caller may not know of.
             if may_see_details(app, snap, &req, peer.ip(), now, out) {

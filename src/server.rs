@@ -29,6 +29,9 @@ use crate::http::conn::{self, Activity, InFlight, Protocols};
 use crate::http::workers::Workers;
 use crate::router::{dispatch, Outcome};
 
+/// How often download counts are added to a store that keeps them (PostgreSQL): batched, never per request.
+const DOWNLOADS_SAVED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Handles one request: everything that can go wrong becomes a status and a problem+json body, never a dropped
 /// connection (hence `Infallible`); one access log line is written when the response body ends (or is abandoned).
 pub async fn handle(
@@ -228,6 +231,7 @@ impl Server {
         let cfg = app.snapshot().config.clone();
         let watcher = tokio::spawn(watch_tokens(Arc::clone(&app)));
         let certificates = tokio::spawn(watch_certificates(Arc::clone(&app), cfg.tokens_watch_interval));
+        let counts = tokio::spawn(save_downloads(Arc::clone(&app), DOWNLOADS_SAVED_EVERY));
         let prober = tokio::spawn(probe_loop(Arc::clone(&app), cfg.upstream_probe_interval));
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256);
@@ -302,6 +306,12 @@ impl Server {
         drop(listener);
         watcher.abort();
         certificates.abort();
+        counts.abort();
+        // The last batch, so that a restart loses no count.
+        let rest = app.metrics.take_unsaved_downloads();
+        if let Err(e) = app.store.add_downloads(rest).await {
+            tracing::warn!(error = %e, "the last download counts were not saved");
+        }
         prober.abort();
         tracing::info!("draining connections");
         let _ = stop_tx.send(true);
@@ -332,6 +342,23 @@ async fn watch_tokens(app: Arc<App>) {
     loop {
         app.store.changed().await;
         let _ = app.reload_tokens().await;
+    }
+}
+
+/// Saves the download counts to the store every `every` (a no-op for the tokens file), never per request.
+async fn save_downloads(app: Arc<App>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let counts = app.metrics.take_unsaved_downloads();
+        if counts.is_empty() {
+            continue;
+        }
+        if let Err(e) = app.store.add_downloads(counts.clone()).await {
+            tracing::warn!(error = %e, "download counts not saved; kept for the next batch");
+            app.metrics.keep_unsaved_downloads(counts);
+        }
     }
 }
 

@@ -62,6 +62,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Refused(m) => err(StatusCode::BAD_REQUEST, m),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "admin API write while the token store is unavailable");
+                err(StatusCode::SERVICE_UNAVAILABLE, "the token store is unavailable; try again later")
+            }
             other => {
                 tracing::error!(error = %other, "admin API storage failure");
                 err(StatusCode::INTERNAL_SERVER_ERROR, "the server could not store the change")
@@ -266,9 +270,12 @@ async fn route(
             let owned = |c: &str| {
                 who.reaches_channel(c) && config.channel(c).is_some_and(|c| c.owners.iter().any(|o| **o == *who.user))
             };
-            let list: Vec<Value> = app
-                .metrics
-                .downloads(owned)
+            // Every replica's counts where the store keeps them; this process's otherwise.
+            let counts = match app.store.downloads().await? {
+                Some(all) => all.into_iter().filter(|(c, _, _)| owned(c)).collect(),
+                None => app.metrics.downloads(owned),
+            };
+            let list: Vec<Value> = counts
                 .into_iter()
                 .map(|(channel, package, n)| json!({"channel": channel, "package": package, "downloads": n}))
                 .collect();
@@ -294,6 +301,14 @@ async fn route(
                 return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
             }
             let add = *m == Method::PUT;
+            if app.store.keeps_groups() {
+                app.store.change_group(channel, group, what, item, add).await.map_err(|e| match e {
+                    StoreError::Refused(m) if m.contains("has no group") => err(StatusCode::NOT_FOUND, m),
+                    other => ApiError::from(other),
+                })?;
+                reload_tokens(app).await;
+                return Ok((StatusCode::OK, json!({"channel": channel, "group": group, *what: item, "added": add})));
+            }
             let (cfg, edit) = (Arc::clone(config), [channel, group, what, item].map(|s| (*s).to_owned()));
             tokio::task::spawn_blocking(move || {
                 let [channel, group, what, item] = edit;

@@ -17,6 +17,7 @@ use crate::config::IpNet;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::policy::{Denied, Policy};
+use crate::tokens::store::Freshness;
 use crate::tokens::{Digest, Token, TokenRecord, TokenTable};
 
 use throttle::Throttle;
@@ -103,6 +104,8 @@ pub struct Checks<'a> {
     pub metrics: &'a Metrics,
     /// The clock expiry is judged by.
     pub clock: &'a Clock,
+    /// How current the table is.
+    pub freshness: &'a Freshness,
 }
 
 /// Looks a presented token up and checks it, counting a failure against the client and refusing a client that is
@@ -111,13 +114,17 @@ pub struct Checks<'a> {
 /// access log is on, `seen` gets the record whenever the token is known, even if refused. The record is borrowed
 /// from the table, which the caller holds for the request.
 pub fn check_token<'s>(
-    Checks { throttle, metrics, clock }: Checks<'_>,
+    Checks { throttle, metrics, clock, freshness }: Checks<'_>,
     tokens: &'s TokenTable,
     token: &Digest,
     client: IpAddr,
     now: Instant,
     seen: &mut Option<Arc<TokenRecord>>,
 ) -> Result<&'s Arc<TokenRecord>, Error> {
+    // A table that may miss revocations decides nothing (fail closed, `tokens.max_stale`).
+    if freshness.is_stale(now) {
+        return Err(Error::TokensStale);
+    }
     let checked = tokens.by_digest(token).ok_or(Denied::Unknown).and_then(|r| {
         // Kept for the access log only, and only when it is written: a clone is a write to the record's reference
         // count, which every worker serving this token shares.

@@ -12,8 +12,8 @@ use http::{HeaderName, HeaderValue, Uri};
 use super::defaults as d;
 use super::raw::{RawChannel, RawConfig, RawGroup, RawServer, RawThrottle, RawTls, RawUpstream};
 use super::{
-    redact_userinfo, valid_segment_name, Access, Channel, Config, Group, IpNet, LogFormat, Packages, ServerConfig,
-    Source, ThrottleConfig, TlsPaths, UpstreamTimeouts,
+    redact_userinfo, valid_segment_name, Access, Channel, Config, Group, IpNet, LogFormat, Packages, PostgresConfig,
+    ServerConfig, Source, ThrottleConfig, TlsPaths, UpstreamTimeouts,
 };
 use crate::names::name_problem;
 
@@ -107,6 +107,7 @@ pub(super) fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config
     let tokens_file = base_dir.join(raw.tokens.file.as_deref().unwrap_or(d::TOKENS_FILE));
     let tokens_watch_interval =
         p.duration("tokens.watch_interval", raw.tokens.watch_interval.as_ref(), d::TOKENS_WATCH_INTERVAL);
+    let tokens_postgres = postgres(p, &raw, base_dir);
     let up = raw.upstream.as_ref();
     let upstream_timeouts = UpstreamTimeouts {
         connect: p.duration(
@@ -150,6 +151,7 @@ pub(super) fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config
         server,
         tokens_file,
         tokens_watch_interval,
+        tokens_postgres,
         upstream_timeouts,
         upstream_recheck,
         upstream_probe_interval,
@@ -159,6 +161,48 @@ pub(super) fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config
         channels,
         groups,
     }
+}
+
+fn postgres(p: &mut Problems, raw: &RawConfig, base_dir: &Path) -> Option<PostgresConfig> {
+    let t = &raw.tokens;
+    let Some(url) = &t.postgres else {
+        for (key, set) in [
+            ("tokens.postgres_password_file", t.postgres_password_file.is_some()),
+            ("tokens.max_stale", t.max_stale.is_some()),
+            ("tokens.resync_interval", t.resync_interval.is_some()),
+        ] {
+            if set {
+                p.add(key, "only applies with tokens.postgres");
+            }
+        }
+        return None;
+    };
+    if !(url.starts_with("postgresql://") || url.starts_with("postgres://"))
+        || url.parse::<tokio_postgres::Config>().is_err()
+    {
+        p.add("tokens.postgres", format!("{:?} is not a postgresql:// URL", redact_userinfo(url)));
+    }
+    if t.file.is_some() {
+        p.add("tokens.file", "set either tokens.file or tokens.postgres, not both");
+    }
+    if !raw.groups.is_empty() {
+        p.add(
+            "groups",
+            "with tokens.postgres the groups live in PostgreSQL: move them there with `condagate store import \
+             --groups-from <this file>`, then remove [[groups]] from this file",
+        );
+    }
+    let max_stale = p.duration("tokens.max_stale", t.max_stale.as_ref(), d::TOKENS_MAX_STALE);
+    let resync_interval = p.duration("tokens.resync_interval", t.resync_interval.as_ref(), d::TOKENS_RESYNC_INTERVAL);
+    if resync_interval.is_zero() {
+        p.add("tokens.resync_interval", "must be longer than zero, like \"60s\"");
+    }
+    Some(PostgresConfig {
+        url: url.clone(),
+        password_file: t.postgres_password_file.as_ref().map(|f| base_dir.join(f)),
+        max_stale,
+        resync_interval,
+    })
 }
 
 fn server(p: &mut Problems, s: &RawServer, base_dir: &Path) -> ServerConfig {

@@ -26,6 +26,10 @@ pub const THROTTLE_IPV6_PREFIX: u8 = 64;
 pub const TOKENS_FILE: &str = "tokens.toml";
 /// `tokens.watch_interval`.
 pub const TOKENS_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// `tokens.max_stale`.
+pub const TOKENS_MAX_STALE: Duration = Duration::from_secs(300);
+/// `tokens.resync_interval`.
+pub const TOKENS_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// `upstream.connect_timeout`.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `upstream.timeout`.

@@ -254,6 +254,36 @@ impl IpNet {
     }
 }
 
+/// Where the PostgreSQL store is, and how stale its table may get.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    url: String,
+    /// A file holding the password (`tokens.postgres_password_file`).
+    pub password_file: Option<PathBuf>,
+    /// How long a replica may go without knowing its table current before token checks fail closed.
+    pub max_stale: Duration,
+    /// How often the whole table is loaded again even without a notification.
+    pub resync_interval: Duration,
+}
+
+impl PostgresConfig {
+    /// The connection URL (it may hold a password: never log it; [`fmt::Debug`] redacts it).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_userinfo(&self.url))
+            .field("password_file", &self.password_file)
+            .field("max_stale", &self.max_stale)
+            .field("resync_interval", &self.resync_interval)
+            .finish()
+    }
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -265,6 +295,8 @@ pub struct Config {
     pub tokens_file: PathBuf,
     /// How often the tokens file is checked for changes.
     pub tokens_watch_interval: Duration,
+    /// The PostgreSQL store, instead of the tokens file, when `tokens.postgres` is set.
+    pub tokens_postgres: Option<PostgresConfig>,
     /// Timeouts for HTTP upstreams.
     pub upstream_timeouts: UpstreamTimeouts,
     /// How long a repodata document read from the upstream is used before the upstream is asked again (a `stat`

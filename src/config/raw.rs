@@ -55,6 +55,10 @@ pub(super) struct RawThrottle {
 pub(super) struct RawTokens {
     pub(super) file: Option<String>,
     pub(super) watch_interval: Option<String>,
+    pub(super) postgres: Option<String>,
+    pub(super) postgres_password_file: Option<String>,
+    pub(super) max_stale: Option<String>,
+    pub(super) resync_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

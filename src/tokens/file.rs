@@ -28,7 +28,8 @@ use crate::clock::format_time;
 use crate::tokens::table::DigestHasher;
 use crate::tokens::{Digest, Scope, Scopes, TokenRecord};
 
-/// A failure reading or writing the tokens file. The message names the file and, where it can, the key at fault.
+/// A failure reading or writing tokens. For the tokens file the message names the file and, where it can, the key at
+/// fault.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file could not be read or written.
@@ -50,6 +51,12 @@ pub enum StoreError {
     /// An operation was refused (duplicate name, unknown token, ...).
     #[error("{0}")]
     Refused(String),
+    /// The store cannot be reached (PostgreSQL down): the operation may succeed later.
+    #[error("the token store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store's data is not what this condagate can use (a schema of another version, a row that does not parse).
+    #[error("{0}")]
+    Schema(String),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

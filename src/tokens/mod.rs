@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod issue;
+pub mod postgres;
 pub mod store;
 pub mod table;
 pub mod token;

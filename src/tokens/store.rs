@@ -3,15 +3,16 @@
 //! the admin API's and the CLI's writes. The tokens file ([`FileStore`]) is the embedded default.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::file::{self, StoreError};
 use super::TokenRecord;
-use crate::config::Config;
+use crate::config::{Config, Group};
 use crate::stamp::FileStamp;
 
 /// A place that keeps token records (digests, never secrets).
@@ -32,11 +33,88 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Revokes the active token `name` (of `user`, when given) at `now`, and returns its record. A name several
     /// users share needs the user.
     async fn revoke(&self, name: &str, user: Option<&str>, now: OffsetDateTime) -> Result<TokenRecord, StoreError>;
+
+    /// Whether the channels' groups live in this store rather than in the configuration file.
+    fn keeps_groups(&self) -> bool {
+        false
+    }
+
+    /// The channels' groups, when this store keeps them.
+    async fn groups(&self) -> Result<Option<Vec<Group>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Adds (`add`) or removes `item` in the `what` list (`members` or `packages`) of a group this store keeps.
+    async fn change_group(
+        &self,
+        channel: &str,
+        group: &str,
+        what: &str,
+        item: &str,
+        add: bool,
+    ) -> Result<(), StoreError> {
+        let _ = (channel, group, what, item, add);
+        Err(StoreError::Refused("this store does not keep groups".into()))
+    }
+
+    /// How current the table loaded from this store is known to be.
+    fn freshness(&self) -> Arc<Freshness> {
+        Arc::new(Freshness::new(None))
+    }
+
+    /// Adds download counts (channel, package, completed downloads) counted since the last call.
+    async fn add_downloads(&self, counts: Vec<(String, String, u64)>) -> Result<(), StoreError> {
+        let _ = counts;
+        Ok(())
+    }
+
+    /// Every replica's download counts, when this store keeps them.
+    async fn downloads(&self) -> Result<Option<Vec<(String, String, u64)>>, StoreError> {
+        Ok(None)
+    }
 }
 
-/// The store a configuration names.
-pub fn open(config: &Config) -> Arc<dyn TokenStore> {
-    Arc::new(FileStore::new(config.tokens_file.clone(), config.tokens_watch_interval))
+/// When the token table was last known to match its store, and how old that may get (`tokens.max_stale`) before
+/// token checks fail closed: a replica that cannot hear its store would otherwise keep honouring revoked tokens.
+#[derive(Debug)]
+pub struct Freshness {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` of the last sign of currency.
+    at: AtomicU64,
+    max_stale: Option<Duration>,
+}
+
+impl Freshness {
+    /// Fresh from now on; with `max_stale` `None` the table never goes stale (the tokens file, read locally).
+    pub fn new(max_stale: Option<Duration>) -> Self {
+        Freshness { epoch: Instant::now(), at: AtomicU64::new(0), max_stale }
+    }
+
+    /// Notes that the table matches the store now.
+    pub fn touch(&self) {
+        self.at.store(crate::clock::nanos_after(self.epoch, Instant::now()), Relaxed);
+    }
+
+    /// How long since the table was last known to match the store, when that is tracked.
+    pub fn age(&self, now: Instant) -> Option<Duration> {
+        self.max_stale.map(|_| now.saturating_duration_since(crate::clock::after(self.epoch, self.at.load(Relaxed))))
+    }
+
+    /// Whether the table is too old to decide on.
+    pub fn is_stale(&self, now: Instant) -> bool {
+        match self.max_stale {
+            None => false,
+            Some(limit) => self.age(now).is_some_and(|a| a > limit),
+        }
+    }
+}
+
+/// The store a configuration names, connected (and, for PostgreSQL, its schema checked).
+pub async fn open(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
+    Ok(match &config.tokens_postgres {
+        Some(pg) => Arc::new(super::postgres::PgStore::connect(pg, true).await?),
+        None => Arc::new(FileStore::new(config.tokens_file.clone(), config.tokens_watch_interval)),
+    })
 }
 
 /// The tokens file: read whole, written atomically under a lock, watched by its modification time and size.

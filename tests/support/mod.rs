@@ -10,6 +10,7 @@
 
 pub mod binary;
 pub mod mirrors;
+pub mod postgres;
 pub mod tls;
 pub mod venv;
 
@@ -247,6 +248,20 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Got {
     request("GET", url, headers).await
+}
+
+/// An admin API call with `Authorization: Bearer <token>` and, when given, a JSON body.
+pub async fn api_call(method: &str, url: &str, token: &str, body: Option<serde_json::Value>) -> Got {
+    let mut b = Request::builder().method(method).uri(url).header("authorization", format!("Bearer {token}"));
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let body = http_body_util::Full::new(Bytes::from(body.map(|v| v.to_string()).unwrap_or_default()));
+    let client: Client<_, http_body_util::Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client.request(b.body(body).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Got { status: parts.status, headers: parts.headers, body }
 }
 
 /// How a [`Recorder`] answers.
