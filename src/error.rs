@@ -43,7 +43,7 @@ pub enum Error {
     },
     /// The upstream could not be reached, or answered with an error.
     #[error("upstream failed: {0}")]
-    Upstream(String),
+    Upstream(#[source] UpstreamError),
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -53,6 +53,62 @@ pub enum Error {
     /// condagate's own fault.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What failed upstream: where (the URL with any credentials redacted, or the channel and file), and the error
+/// underneath when there is one, kept as the [`std::error::Error::source`] so that logs show the whole chain.
+#[derive(Debug, Clone)]
+pub struct UpstreamError {
+    what: String,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl UpstreamError {
+    /// A failure described by `what` alone (a status the upstream answered, a document too large).
+    pub fn new(what: impl Into<String>) -> Self {
+        UpstreamError { what: what.into(), source: None }
+    }
+
+    /// A failure at `what`, caused by `source`.
+    pub fn caused_by(what: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        UpstreamError { what: what.into(), source: Some(std::sync::Arc::from(source.into())) }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for UpstreamError {
+    fn eq(&self, other: &Self) -> bool {
+        chain(self) == chain(other)
+    }
+}
+
+impl Eq for UpstreamError {}
+
+/// An error and every cause below it, `: `-separated, for logs and `/healthz`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // Some errors repeat their cause in their own message; say it once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Why a request was not served: a fixed, small set, named in the problem `type`, the access log and the metrics.
@@ -291,6 +347,16 @@ pub fn problem_json(status: StatusCode, reason: &str, detail: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upstream_error_keeps_its_cause_and_logs_show_the_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = Error::Upstream(UpstreamError::caused_by("http://<redacted>@m/c/noarch/repodata.json", io));
+        let cause = std::error::Error::source(&e).and_then(std::error::Error::source).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("connection refused"));
+        assert_eq!(chain(&e), "upstream failed: http://<redacted>@m/c/noarch/repodata.json: connection refused");
+        assert_eq!(chain(&Error::Upstream(UpstreamError::new("m: status 500"))), "upstream failed: m: status 500");
+    }
     use time::OffsetDateTime;
 
     #[test]
@@ -309,7 +375,7 @@ mod tests {
             (Error::MethodNotAllowed("GET, HEAD"), 405),
             (Error::RangeNotSatisfiable { size: 3 }, 416),
             (Error::Throttled { retry_after: 5 }, 429),
-            (Error::Upstream("x".into()), 502),
+            (Error::Upstream(UpstreamError::new("x")), 502),
             (Error::UpstreamTimeout, 504),
             (Error::Internal("x".into()), 500),
         ];

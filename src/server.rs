@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::app::{App, StartError};
 use crate::conda::route::{self, FileKind};
 use crate::config::Config;
-use crate::error::{Blame, Error, Reason};
+use crate::error::{chain, Blame, Error, Reason};
 use crate::http::body::{Body, BoxError};
 use crate::http::conn::{self, Activity, InFlight, Protocols};
 use crate::http::workers::Workers;
@@ -62,7 +62,7 @@ pub async fn handle(
     });
     if let Some(path) = &out.path {
         match &result {
-            Err(e) if e.blame() == Blame::Upstream => app.health.record(path.channel(), Err(e.to_string())),
+            Err(e) if e.blame() == Blame::Upstream => app.health.record(path.channel(), Err(chain(e))),
             Ok(_) if out.upstream_status.is_some() => app.health.record(path.channel(), Ok(())),
             _ => {}
         }
@@ -76,9 +76,9 @@ pub async fn handle(
                 Blame::Client => {}
                 Blame::Upstream => {
                     app.metrics.upstream_error();
-                    span.in_scope(|| tracing::warn!(error = %e, "upstream failure"));
+                    span.in_scope(|| tracing::warn!(error = %chain(&e), "upstream failure"));
                 }
-                Blame::Proxy => span.in_scope(|| tracing::error!(error = %e, "internal error")),
+                Blame::Proxy => span.in_scope(|| tracing::error!(error = %chain(&e), "internal error")),
             }
             e.into_response()
         }

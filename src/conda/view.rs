@@ -25,7 +25,7 @@ use crate::clock;
 use crate::conda::filter::{self, ShardIndex};
 use crate::conda::route::{ChannelPath, FileKind};
 use crate::config::{Channel, Source};
-use crate::error::Error;
+use crate::error::{Error, UpstreamError};
 use crate::http::body::{empty, full, Body};
 use crate::http::conditional::{self, RangeAsk};
 use crate::policy::Grant;
@@ -252,12 +252,14 @@ impl Views {
             }
             Ok(Refetch::Changed(doc)) => {
                 let (absolute_base_url, shard_names, index) = if rel.ends_with("repodata_shards.msgpack.zst") {
-                    let idx = ShardIndex::decode(&doc.bytes)
-                        .map_err(|e| Error::Upstream(format!("{}: {rel}: {e}", channel.name)))?;
+                    let idx = ShardIndex::decode(&doc.bytes).map_err(|e| {
+                        Error::Upstream(UpstreamError::caused_by(format!("{}: {rel}", channel.name), e))
+                    })?;
                     (idx.has_absolute_urls(), Some(Arc::new(idx.names_by_hash())), Some(Arc::new(idx)))
                 } else {
-                    let abs = filter::has_absolute_base_url(&doc.bytes)
-                        .map_err(|e| Error::Upstream(format!("{}: {rel}: {e}", channel.name)))?;
+                    let abs = filter::has_absolute_base_url(&doc.bytes).map_err(|e| {
+                        Error::Upstream(UpstreamError::caused_by(format!("{}: {rel}", channel.name), e))
+                    })?;
                     (abs, None, None)
                 };
                 let validators = Validators::new(&quoted_etag(&doc.validator), doc.modified)?;
@@ -447,7 +449,7 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendere
     })
     .await
     .map_err(|e| Error::Internal(format!("view task: {e}")))?
-    .map_err(|e| Error::Upstream(format!("{}: cannot filter: {e}", key.source)))?;
+    .map_err(|e| Error::Upstream(UpstreamError::caused_by(format!("{}: cannot filter", key.source), e)))?;
     // No Last-Modified on a view: it also changes when the visible set does, which no upstream date shows, so
     // clients revalidate by the ETag, which covers both.
     Ok(Rendered { bytes: Bytes::from(bytes), validators: Validators::new(&etag, None)? })

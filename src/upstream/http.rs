@@ -23,7 +23,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{shown_url, too_large, upstream_url, Document, Refetch, Upstream};
 use crate::config::UpstreamTimeouts;
-use crate::error::Error;
+use crate::error::{chain, Error, UpstreamError};
 use crate::http::body::{empty, Body, BoxError};
 
 const UA: &str = concat!("condagate/", env!("CARGO_PKG_VERSION"));
@@ -107,8 +107,7 @@ impl Mirror {
                     }
                     cause = c.source();
                 }
-                let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
-                Err(Error::Upstream(format!("{}: {why}", shown_url(&self.base, rel))))
+                Err(Error::Upstream(UpstreamError::caused_by(shown_url(&self.base, rel), e)))
             }
             Ok(Ok(resp)) => Ok(resp),
         }
@@ -136,7 +135,12 @@ impl Upstream for Mirror {
                     .unwrap_or(0);
                 return Err(Error::RangeNotSatisfiable { size });
             }
-            other => return Err(Error::Upstream(format!("{}: status {other}", shown_url(&self.base, rel)))),
+            other => {
+                return Err(Error::Upstream(UpstreamError::new(format!(
+                    "{}: status {other}",
+                    shown_url(&self.base, rel)
+                ))))
+            }
         }
         let (parts, incoming) = resp.into_parts();
         let mut out = Response::new(if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
@@ -173,7 +177,12 @@ impl Upstream for Mirror {
             StatusCode::NOT_MODIFIED if held.is_some() => return Ok(Refetch::Unchanged),
             StatusCode::OK => {}
             StatusCode::NOT_FOUND | StatusCode::GONE => return Err(Error::NotFound),
-            other => return Err(Error::Upstream(format!("{}: status {other}", shown_url(&self.base, rel)))),
+            other => {
+                return Err(Error::Upstream(UpstreamError::new(format!(
+                    "{}: status {other}",
+                    shown_url(&self.base, rel)
+                ))))
+            }
         }
         let h = resp.headers();
         let max_age = h
@@ -202,7 +211,7 @@ impl Upstream for Mirror {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(rel, self.max_document)),
             Err(e) if e.is::<Stalled>() => return Err(Error::UpstreamTimeout),
-            Err(e) => return Err(Error::Upstream(format!("{}: {e}", shown_url(&self.base, rel)))),
+            Err(e) => return Err(Error::Upstream(UpstreamError::caused_by(shown_url(&self.base, rel), e))),
         };
         // Without a validator the document is identified by its content.
         let validator = if validator.is_empty() { content_validator(&bytes) } else { validator };
@@ -214,7 +223,7 @@ impl Upstream for Mirror {
     }
 
     async fn probe(&self) -> Result<(), String> {
-        self.send("", Method::HEAD, std::iter::empty()).await.map(|_| ()).map_err(|e| e.to_string())
+        self.send("", Method::HEAD, std::iter::empty()).await.map(|_| ()).map_err(|e| chain(&e))
     }
 }
 

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::{redact_userinfo, Config, Source, UpstreamTimeouts};
-use crate::error::Error;
+use crate::error::{Error, UpstreamError};
 use crate::http::body::Body;
 use crate::stamp::FileStamp;
 
@@ -66,7 +66,7 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
 
 /// The error for a document larger than the limit.
 fn too_large(rel: &str, max_document: u64) -> Error {
-    Error::Upstream(format!("{rel} is larger than upstream.max_document ({max_document} bytes)"))
+    Error::Upstream(UpstreamError::new(format!("{rel} is larger than upstream.max_document ({max_document} bytes)")))
 }
 
 /// Opens channels' upstreams: the pooled HTTP client they share, its timeouts, and the document size limit.
