@@ -36,11 +36,19 @@ struct Opts {
     rounds: usize,
     duration: Duration,
     connections: usize,
+    /// Which of the three parts to run (`--only 3`).
+    only: Option<u32>,
 }
 
 fn opts() -> Opts {
-    let mut o =
-        Opts { tokens: 1_000_000, revocations: 200, rounds: 5, duration: Duration::from_secs(4), connections: 32 };
+    let mut o = Opts {
+        tokens: 1_000_000,
+        revocations: 200,
+        rounds: 5,
+        duration: Duration::from_secs(4),
+        connections: 32,
+        only: None,
+    };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -50,6 +58,7 @@ fn opts() -> Opts {
             "--revocations" => o.revocations = v.parse().unwrap(),
             "--rounds" => o.rounds = v.parse().unwrap(),
             "--connections" => o.connections = v.parse().unwrap(),
+            "--only" => o.only = Some(v.parse().unwrap()),
             "--duration" => o.duration = Duration::from_secs_f64(v.trim_end_matches('s').parse().unwrap()),
             _ => {
                 i += 1;
@@ -190,7 +199,7 @@ fn many_tokens(dir: &Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf)
             "[[token]]\nname = \"t{i}\"\nuser = \"bob\"\ndigest = \"sha256:{hex}\"\nscopes = [\"conda:download\"]\ncreated = \"2026-12-01T00:00:00Z\"\n"
         )
         .unwrap();
-        writeln!(s, "\\\\x{hex},t{i},bob,{{conda:download}},2026-12-01T00:00:00Z").unwrap();
+        writeln!(s, "\\x{hex},t{i},bob,{{conda:download}},2026-12-01T00:00:00Z").unwrap();
     }
     (tokens, sql)
 }
@@ -232,46 +241,49 @@ async fn main() {
     let pg_token = mint(&pg_cfg, "bench", "conda:download api");
     let file_token = mint(&file_cfg, "bench", "conda:download");
 
+    let run = |part: u32| o.only.is_none_or(|p| p == part);
     // 1. The request path with each store.
     let (a, _) = serve(&pg_cfg);
     let (f, _) = serve(&file_cfg);
     let url_pg = format!("http://{}/t/{pg_token}/pub/noarch/repodata.json", a.addr);
     let url_file = format!("http://{}/t/{file_token}/pub/noarch/repodata.json", f.addr);
-    drive(&url_pg, o.connections, Duration::from_secs(1)).await;
-    drive(&url_file, o.connections, Duration::from_secs(1)).await;
-    println!(
-        "small repodata.json, {} connections, {:?} per run, PostgreSQL store vs file store:",
-        o.connections, o.duration
-    );
-    let (mut ratios, mut cpu_pg, mut cpu_file) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=o.rounds {
-        let one = |url: &str, pid: u32| {
-            let url = url.to_owned();
-            async move {
-                let before = cpu_seconds(pid);
-                let n = drive(&url, o.connections, o.duration).await;
-                (n as f64 / o.duration.as_secs_f64(), (cpu_seconds(pid) - before) / n.max(1) as f64 * 1e6)
-            }
-        };
-        let (rps_pg, c_pg) = one(&url_pg, a.child.id()).await;
-        let (rps_file, c_file) = one(&url_file, f.child.id()).await;
-        println!("  round {round}: postgres {rps_pg:>8.0} req/s ({c_pg:.1} µs CPU/req), file {rps_file:>8.0} req/s ({c_file:.1} µs CPU/req)");
-        ratios.push(rps_pg / rps_file);
-        cpu_pg.push(c_pg);
-        cpu_file.push(c_file);
-    }
-    println!(
+    if run(1) {
+        drive(&url_pg, o.connections, Duration::from_secs(1)).await;
+        drive(&url_file, o.connections, Duration::from_secs(1)).await;
+        println!(
+            "small repodata.json, {} connections, {:?} per run, PostgreSQL store vs file store:",
+            o.connections, o.duration
+        );
+        let (mut ratios, mut cpu_pg, mut cpu_file) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=o.rounds {
+            let one = |url: &str, pid: u32| {
+                let url = url.to_owned();
+                async move {
+                    let before = cpu_seconds(pid);
+                    let n = drive(&url, o.connections, o.duration).await;
+                    (n as f64 / o.duration.as_secs_f64(), (cpu_seconds(pid) - before) / n.max(1) as f64 * 1e6)
+                }
+            };
+            let (rps_pg, c_pg) = one(&url_pg, a.child.id()).await;
+            let (rps_file, c_file) = one(&url_file, f.child.id()).await;
+            println!("  round {round}: postgres {rps_pg:>8.0} req/s ({c_pg:.1} µs CPU/req), file {rps_file:>8.0} req/s ({c_file:.1} µs CPU/req)");
+            ratios.push(rps_pg / rps_file);
+            cpu_pg.push(c_pg);
+            cpu_file.push(c_file);
+        }
+        println!(
         "  => median requests/s ratio postgres / file = {:.3}x (rounds {ratios:.3?}); server CPU per request {:.1} vs {:.1} µs\n",
         median(ratios.clone()),
         median(cpu_pg),
         median(cpu_file)
     );
+    }
     drop(f);
 
     // 2. Revocation on A → refusal on B.
     let (b, _) = serve(&pg_cfg);
     let mut took = Vec::new();
-    for i in 0..o.revocations {
+    for i in (0..o.revocations).filter(|_| run(2)) {
         let (status, body) = send(
             "POST",
             &format!("http://{}/api/authentications", a.addr),
@@ -301,16 +313,21 @@ async fn main() {
         took.push(revoked.elapsed().as_secs_f64() * 1e3);
     }
     took.sort_by(f64::total_cmp);
-    println!(
+    if run(2) {
+        println!(
         "revocation on A → refusal on B, {} revocations: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (poll every 1 ms)\n",
         took.len(),
         percentile(&took, 0.5),
         percentile(&took, 0.99),
         took[took.len() - 1]
     );
+    }
     drop(a);
     drop(b);
 
+    if !run(3) {
+        return;
+    }
     // 3. A million tokens.
     let (tokens_file, csv) = many_tokens(root, o.tokens);
     std::fs::set_permissions(&csv, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();

@@ -454,15 +454,23 @@ impl TokenStore for PgStore {
         let records = self
             .with_client(move |c| {
                 Box::pin(async move {
+                    // Streamed, each row turned into a record as it arrives: a million rows are never held at once
+                    // beside their records.
+                    let e = db_error(&shown);
                     let rows = c
-                        .query(
+                        .query_raw(
                             "SELECT digest, name, \"user\", scopes, created, expires, revoked, channels \
                              FROM condagate_tokens",
-                            &[],
+                            std::iter::empty::<&str>(),
                         )
                         .await
-                        .map_err(db_error(&shown))?;
-                    rows.iter().map(Row::read).collect::<Result<Vec<_>, _>>()
+                        .map_err(&e)?;
+                    let mut rows = std::pin::pin!(rows);
+                    let mut records = Vec::new();
+                    while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await.map_err(&e)? {
+                        records.push(Row::read(&row)?);
+                    }
+                    Ok(records)
                 })
             })
             .await?;
