@@ -165,9 +165,15 @@ async fn a_change_on_one_replica_is_in_force_on_the_others() {
     let gamma = b.url(&format!("/t/{bob_view}/mychan/linux-64/gamma-1.0-0.tar.bz2"));
     assert_eq!(get(&gamma, &[]).await.status, 200);
 
-    // Explain, against the database, says why.
+    // Explain, list, info and revoke, against the database.
     let explained = cli(&["explain", "--config", &site.config, "--user", "bob", "--channel", "mychan"]);
     assert!(explained.contains("gamma"), "{explained}");
+    let listed = cli(&["token", "list", "--config", &site.config, "--user", "bob"]);
+    assert!(listed.contains("bob-view") && listed.contains("revoked"), "{listed}");
+    let info = cli(&["token", "info", "--config", &site.config, &bob_view]);
+    assert!(info.contains("bob-view") && info.contains("active"), "{info}");
+    cli(&["token", "revoke", "--config", &site.config, "bob-view", "--user", "bob"]);
+    until_status(&view_on_b, &[], 401, "a token revoked by the CLI, used on B").await;
     a.stop().await;
     b.stop().await;
 }
