@@ -45,6 +45,7 @@ fn record(i: usize, user: &str) -> (String, TokenRecord) {
         expires: if i % 2 == 0 { None } else { Some(OffsetDateTime::UNIX_EPOCH) },
         revoked: None,
         channels: None,
+        seen: Default::default(),
     };
     (secret, r)
 }

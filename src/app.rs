@@ -285,7 +285,7 @@ impl App {
             Ok((records, groups)) => {
                 status.tokens_generation += 1;
                 status.tokens_error = None;
-                Ok((Arc::new(TokenTable::new(records)), groups))
+                Ok((Arc::new(TokenTable::keeping_uses(records, &self.current().tokens)), groups))
             }
             Err(e) => {
                 tracing::error!(error = %e, "tokens reload refused; the previous tokens stay in force");

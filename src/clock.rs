@@ -19,12 +19,27 @@ pub fn after(base: Instant, nanos: u64) -> Instant {
 
 /// The wall clock a server reads for token expiry: the system's, plus an offset that only tests move, so that
 /// expiry is tested without sleeping.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Clock {
     ahead_ns: AtomicI64,
+    /// An instant and the Unix time it was read at, to turn instants into Unix seconds without a clock call.
+    base: (Instant, i64),
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock { ahead_ns: AtomicI64::new(0), base: (Instant::now(), OffsetDateTime::now_utc().unix_timestamp()) }
+    }
 }
 
 impl Clock {
+    /// The Unix second of `at` by this clock (for last-used times, to the second; no clock call).
+    pub fn unix_seconds(&self, at: Instant) -> u32 {
+        let since = i64::try_from(at.saturating_duration_since(self.base.0).as_secs()).unwrap_or(0);
+        let ahead = self.ahead_ns.load(Relaxed) / 1_000_000_000;
+        u32::try_from(self.base.1 + since + ahead).unwrap_or(0)
+    }
+
     /// The time now, by this clock.
     pub fn now_utc(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc() + time::Duration::nanoseconds(self.ahead_ns.load(Relaxed))

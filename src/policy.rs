@@ -323,6 +323,7 @@ labels = ["main"]
             expires: None,
             revoked: None,
             channels: None,
+            seen: Default::default(),
         }
     }
 

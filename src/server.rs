@@ -29,8 +29,9 @@ use crate::http::conn::{self, Activity, InFlight, Protocols};
 use crate::http::workers::Workers;
 use crate::router::{dispatch, Outcome};
 
-/// How often download counts are added to a store that keeps them (PostgreSQL): batched, never per request.
-const DOWNLOADS_SAVED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often download counts and last uses are saved to a store that keeps them (PostgreSQL): batched, never per
+/// request.
+const USAGE_SAVED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Handles one request: everything that can go wrong becomes a status and a problem+json body, never a dropped
 /// connection (hence `Infallible`); one access log line is written when the response body ends (or is abandoned).
@@ -231,7 +232,7 @@ impl Server {
         let cfg = app.snapshot().config.clone();
         let watcher = tokio::spawn(watch_tokens(Arc::clone(&app)));
         let certificates = tokio::spawn(watch_certificates(Arc::clone(&app), cfg.tokens_watch_interval));
-        let counts = tokio::spawn(save_downloads(Arc::clone(&app), DOWNLOADS_SAVED_EVERY));
+        let counts = tokio::spawn(save_usage_every(Arc::clone(&app), USAGE_SAVED_EVERY));
         let prober = tokio::spawn(probe_loop(Arc::clone(&app), cfg.upstream_probe_interval));
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256);
@@ -307,11 +308,8 @@ impl Server {
         watcher.abort();
         certificates.abort();
         counts.abort();
-        // The last batch, so that a restart loses no count.
-        let rest = app.metrics.take_unsaved_downloads();
-        if let Err(e) = app.store.add_downloads(rest).await {
-            tracing::warn!(error = %e, "the last download counts were not saved");
-        }
+        // The last batch, so that a restart loses no count (uses since start: a few sent twice at most).
+        save_usage(&app, 0).await;
         prober.abort();
         tracing::info!("draining connections");
         let _ = stop_tx.send(true);
@@ -345,19 +343,44 @@ async fn watch_tokens(app: Arc<App>) {
     }
 }
 
-/// Saves the download counts to the store every `every` (a no-op for the tokens file), never per request.
-async fn save_downloads(app: Arc<App>, every: std::time::Duration) {
+/// Saves the download counts and the last uses of tokens to the store every `every` (a no-op for the tokens file),
+/// never per request.
+async fn save_usage_every(app: Arc<App>, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut saved_up_to = 0u32;
     loop {
         tick.tick().await;
-        let counts = app.metrics.take_unsaved_downloads();
-        if counts.is_empty() {
-            continue;
-        }
+        saved_up_to = save_usage(&app, saved_up_to).await;
+    }
+}
+
+/// Saves the downloads counted since the last save and the uses of tokens since `saved_up_to` (Unix seconds);
+/// returns the time the next save starts from. What the store cannot take is kept for the next save.
+async fn save_usage(app: &App, saved_up_to: u32) -> u32 {
+    let counts = app.metrics.take_unsaved_downloads();
+    if !counts.is_empty() {
         if let Err(e) = app.store.add_downloads(counts.clone()).await {
             tracing::warn!(error = %e, "download counts not saved; kept for the next batch");
             app.metrics.keep_unsaved_downloads(counts);
+        }
+    }
+    if !app.store.keeps_groups() {
+        return saved_up_to;
+    }
+    let now = app.clock.unix_seconds(std::time::Instant::now());
+    let tokens = Arc::clone(&app.current().tokens);
+    // Uses in the second of the last save are sent again: a second's overlap, never a gap.
+    let uses: Vec<_> = tokens
+        .records()
+        .iter()
+        .filter_map(|r| r.seen.last().filter(|t| t.unix_timestamp() >= i64::from(saved_up_to)).map(|t| (r.digest, t)))
+        .collect();
+    match app.store.add_last_used(uses).await {
+        Ok(()) => now,
+        Err(e) => {
+            tracing::warn!(error = %e, "last-used times not saved; retried with the next batch");
+            saved_up_to
         }
     }
 }

@@ -334,7 +334,7 @@ async fn concurrent_writes_from_three_replicas_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn download_counts_add_up_across_replicas_and_restarts() {
+async fn download_counts_and_last_uses_add_up_across_replicas_and_restarts() {
     let Some(site) = Site::start() else { return };
     let alice = site.token("alice-api", "alice", "api conda");
     let (a, b) = (site.replica().await, site.replica().await);
@@ -344,6 +344,20 @@ async fn download_counts_add_up_across_replicas_and_restarts() {
     }
     // A stopping replica saves its last batch.
     a.stop().await;
+    // The last use of alice's token, saved by the replicas in batches, is listed by any replica (after its next
+    // resync: 1 s here).
+    let started = Instant::now();
+    loop {
+        let list = api_call("GET", &b.url("/api/authentications"), &alice, None).await.json();
+        let mine =
+            list.as_array().into_iter().flatten().find(|t| t["name"] == "alice-api").cloned().unwrap_or_default();
+        if mine["last_used"].as_str().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no last_used for a used token: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(site.pg.psql("SELECT count(*) FROM condagate_token_usage") != "0");
     let started = Instant::now();
     loop {
         let list = api_call("GET", &b.url("/api/downloads"), &alice, None).await.json();

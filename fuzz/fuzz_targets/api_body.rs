@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         expires: Some(now + time::Duration::hours(2)),
         revoked: None,
         channels: Some(vec!["mychan".into()]),
+        seen: Default::default(),
     };
     if let Ok(new) = condagate::internals::admin::new_token_from_body(&who, &body, now) {
         assert_eq!(new.user, "alice");

@@ -148,6 +148,7 @@ fn token_json(r: &TokenRecord, now: OffsetDateTime) -> Value {
         "created_at": format_time(r.created),
         "expires": r.expires.map(format_time),
         "revoked": r.revoked.map(format_time),
+        "last_used": r.seen.last().map(format_time),
         "status": r.status(now).to_string(),
         "scopes": r.scopes.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "channels": r.channels,

@@ -131,7 +131,10 @@ pub fn check_token<'s>(
         if tracing::enabled!(target: "condagate::access", tracing::Level::INFO) {
             *seen = Some(Arc::clone(r));
         }
-        Policy::check_token_lazily(r, || clock.now_utc()).map(|()| r)
+        Policy::check_token_lazily(r, || clock.now_utc()).map(|()| {
+            r.seen.note(clock.unix_seconds(now));
+            r
+        })
     });
     match checked {
         Ok(r) => Ok(r),

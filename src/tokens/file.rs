@@ -107,6 +107,7 @@ fn from_raw(path: &Path, index: usize, raw: RawRecord) -> Result<TokenRecord, St
         expires: raw.expires.as_deref().map(|v| parse_time(path, &key("expires"), v)).transpose()?,
         revoked: raw.revoked.as_deref().map(|v| parse_time(path, &key("revoked"), v)).transpose()?,
         channels: raw.channels,
+        seen: Default::default(),
     })
 }
 
@@ -209,6 +210,7 @@ fn parse_canonical_part(text: &str) -> Option<Vec<TokenRecord>> {
             expires: time(p.expires)?,
             revoked: time(p.revoked)?,
             channels: p.channels.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
+            seen: Default::default(),
         })
     }
     fn set<T>(slot: &mut Option<T>, v: Option<T>) -> Option<()> {
@@ -410,6 +412,7 @@ mod tests {
             expires: None,
             revoked: None,
             channels: Some(vec!["mychan".into()]),
+            seen: Default::default(),
         }
     }
 

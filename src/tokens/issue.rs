@@ -70,6 +70,7 @@ pub fn prepare(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(T
         expires: new.expires,
         revoked: None,
         channels: new.channels,
+        seen: Default::default(),
     };
     Ok((token, record))
 }

@@ -11,4 +11,4 @@ pub mod token;
 pub use file::StoreError;
 pub use store::{FileStore, TokenStore};
 pub use table::TokenTable;
-pub use token::{Digest, MalformedToken, Scope, Scopes, Token, TokenRecord, TokenStatus, TOKEN_PREFIX};
+pub use token::{Digest, MalformedToken, Scope, Scopes, Seen, Token, TokenRecord, TokenStatus, TOKEN_PREFIX};

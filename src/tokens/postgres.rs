@@ -427,6 +427,7 @@ impl Row {
             expires: row.get(5),
             revoked: row.get(6),
             channels: row.get(7),
+            seen: Default::default(),
         })
     }
 }
@@ -459,8 +460,8 @@ impl TokenStore for PgStore {
                     let e = db_error(&shown);
                     let rows = c
                         .query_raw(
-                            "SELECT digest, name, \"user\", scopes, created, expires, revoked, channels \
-                             FROM condagate_tokens",
+                            "SELECT t.digest, name, \"user\", scopes, created, expires, revoked, channels, \
+                             u.last_used FROM condagate_tokens t LEFT JOIN condagate_token_usage u USING (digest)",
                             std::iter::empty::<&str>(),
                         )
                         .await
@@ -468,7 +469,9 @@ impl TokenStore for PgStore {
                     let mut rows = std::pin::pin!(rows);
                     let mut records = Vec::new();
                     while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await.map_err(&e)? {
-                        records.push(Row::read(&row)?);
+                        let mut record = Row::read(&row)?;
+                        record.seen = super::Seen::at(row.get(8));
+                        records.push(record);
                     }
                     Ok(records)
                 })
@@ -624,6 +627,29 @@ impl TokenStore for PgStore {
                     .map_err(&e)?;
                 }
                 tx.commit().await.map_err(&e)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn add_last_used(&self, uses: Vec<(Digest, OffsetDateTime)>) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let shown = self.connector.shown.clone();
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let (digests, times): (Vec<Vec<u8>>, Vec<OffsetDateTime>) =
+                    uses.iter().map(|(d, t)| (d.0.to_vec(), *t)).unzip();
+                c.execute(
+                    "INSERT INTO condagate_token_usage (digest, last_used) SELECT * FROM unnest($1::bytea[], \
+                     $2::timestamptz[]) ON CONFLICT (digest) DO UPDATE SET \
+                     last_used = GREATEST(condagate_token_usage.last_used, EXCLUDED.last_used)",
+                    &[&digests, &times],
+                )
+                .await
+                .map_err(db_error(&shown))?;
                 Ok(())
             })
         })

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::file::{self, StoreError};
-use super::TokenRecord;
+use super::{Digest, TokenRecord};
 use crate::config::{Config, Group};
 use crate::stamp::FileStamp;
 
@@ -65,6 +65,12 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Adds download counts (channel, package, completed downloads) counted since the last call.
     async fn add_downloads(&self, counts: Vec<(String, String, u64)>) -> Result<(), StoreError> {
         let _ = counts;
+        Ok(())
+    }
+
+    /// Saves last-used times (digest, when), for a store that keeps them.
+    async fn add_last_used(&self, uses: Vec<(Digest, OffsetDateTime)>) -> Result<(), StoreError> {
+        let _ = uses;
         Ok(())
     }
 

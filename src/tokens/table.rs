@@ -55,6 +55,20 @@ impl TokenTable {
         TokenTable { index, records }
     }
 
+    /// Builds the table from records, keeping the last uses `old` knows of the same tokens (a reload must not forget
+    /// them before they are saved).
+    pub fn keeping_uses(records: Vec<TokenRecord>, old: &TokenTable) -> Self {
+        let table = TokenTable::new(records);
+        if !old.is_empty() {
+            for r in &table.records {
+                if let Some(o) = old.by_digest(&r.digest).and_then(|o| o.seen.last()) {
+                    r.seen.note(u32::try_from(o.unix_timestamp()).unwrap_or(0));
+                }
+            }
+        }
+        table
+    }
+
     /// The record for a presented token, if any.
     pub fn lookup(&self, token: &Token) -> Option<&Arc<TokenRecord>> {
         self.by_digest(&token.digest())
@@ -78,5 +92,41 @@ impl TokenTable {
     /// Whether there are no tokens.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::{Scope, Seen};
+
+    fn record(name: &str) -> TokenRecord {
+        TokenRecord {
+            name: name.into(),
+            user: "bob".into(),
+            digest: Token::generate().digest(),
+            scopes: [Scope::CondaDownload].into_iter().collect(),
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            expires: None,
+            revoked: None,
+            channels: None,
+            seen: Seen::default(),
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_last_uses_it_has_not_saved_yet() {
+        let (a, b) = (record("a"), record("b"));
+        let old = TokenTable::new(vec![a.clone(), b.clone()]);
+        old.by_digest(&a.digest).unwrap().seen.note(1_800_000_000);
+        let new = TokenTable::keeping_uses(vec![a.clone(), b.clone(), record("c")], &old);
+        let last = |d: &Digest| new.by_digest(d).unwrap().seen.last().map(|t| t.unix_timestamp());
+        assert_eq!(last(&a.digest), Some(1_800_000_000));
+        assert_eq!(last(&b.digest), None);
+        // A later use moves it on; an earlier one does not move it back.
+        let r = new.by_digest(&a.digest).unwrap();
+        r.seen.note(1_800_000_005);
+        r.seen.note(1_700_000_000);
+        assert_eq!(last(&a.digest), Some(1_800_000_005));
     }
 }

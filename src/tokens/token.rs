@@ -330,6 +330,59 @@ pub struct TokenRecord {
     pub revoked: Option<OffsetDateTime>,
     /// Channels it is limited to; `None` for all its user can reach.
     pub channels: Option<Vec<String>>,
+    /// When it was last used, to the second, as far as this process knows.
+    pub seen: Seen,
+}
+
+/// When a token was last used: Unix seconds in an atomic, so that the request path notes a use with one relaxed load
+/// (and a store at most once a second per token) on a cache line the lookup already read. Two records are equal
+/// whatever their uses; a copy takes the value.
+#[derive(Default)]
+pub struct Seen(std::sync::atomic::AtomicU32);
+
+impl Seen {
+    /// Notes a use at `unix_seconds`.
+    #[inline]
+    pub fn note(&self, unix_seconds: u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.0.load(Relaxed) < unix_seconds {
+            self.0.store(unix_seconds, Relaxed);
+        }
+    }
+
+    /// The last use, if one is known.
+    pub fn last(&self) -> Option<OffsetDateTime> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            s => OffsetDateTime::from_unix_timestamp(i64::from(s)).ok(),
+        }
+    }
+
+    /// A record of a use at `at` (`None`: never).
+    pub fn at(at: Option<OffsetDateTime>) -> Self {
+        let s = at.map_or(0, |t| u32::try_from(t.unix_timestamp()).unwrap_or(0));
+        Seen(std::sync::atomic::AtomicU32::new(s))
+    }
+}
+
+impl Clone for Seen {
+    fn clone(&self) -> Self {
+        Seen::at(self.last())
+    }
+}
+
+impl PartialEq for Seen {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Seen {}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.last().fmt(f)
+    }
 }
 
 /// A record's state at some moment.
