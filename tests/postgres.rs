@@ -51,14 +51,19 @@ fn cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A fresh cluster; `None` (the test reported as skipped) only when the binaries are missing and
+/// `CONDAGATE_SKIP_POSTGRES=1` asks for a skip. Missing binaries without it fail the test, saying what to install.
+fn postgres_or_skip() -> Option<Postgres> {
+    if !Postgres::available() && std::env::var("CONDAGATE_SKIP_POSTGRES").as_deref() == Ok("1") {
+        report_skip("PostgreSQL binaries missing and CONDAGATE_SKIP_POSTGRES=1");
+        return None;
+    }
+    Some(Postgres::start())
+}
+
 impl Site {
-    /// `None` (the test reported as skipped) only when `CONDAGATE_SKIP_POSTGRES=1` asks for it.
     fn start() -> Option<Site> {
-        if !Postgres::available() && std::env::var("CONDAGATE_SKIP_POSTGRES").as_deref() == Ok("1") {
-            report_skip("PostgreSQL binaries missing and CONDAGATE_SKIP_POSTGRES=1");
-            return None;
-        }
-        let pg = Postgres::start();
+        let pg = postgres_or_skip()?;
         let demo = Demo::new();
         std::fs::write(demo.path().join("old.toml"), demo_config_text("[upstream]\ndir = \"channels\"", "")).unwrap();
         std::fs::write(demo.config_path(), postgres_config(&pg.url(), "")).unwrap();
@@ -180,11 +185,7 @@ async fn a_change_on_one_replica_is_in_force_on_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_of_another_version_is_refused_naming_both_versions() {
-    if !Postgres::available() && std::env::var("CONDAGATE_SKIP_POSTGRES").as_deref() == Ok("1") {
-        report_skip("PostgreSQL binaries missing and CONDAGATE_SKIP_POSTGRES=1");
-        return;
-    }
-    let pg = Postgres::start();
+    let Some(pg) = postgres_or_skip() else { return };
     let demo = Demo::new();
     std::fs::write(demo.config_path(), postgres_config(&pg.url(), "")).unwrap();
     let err = match condagate::Server::new(demo.config()).await {
