@@ -69,6 +69,14 @@ impl Snapshot {
         }
     }
 
+    /// This state with what the store gave: other tokens, and other groups when the store keeps them.
+    fn with_store(&self, tokens: Arc<TokenTable>, groups: Option<Vec<Group>>) -> Self {
+        match groups {
+            Some(groups) => self.with_groups(groups, tokens),
+            None => self.with_tokens(tokens),
+        }
+    }
+
     /// This state with other tokens.
     fn with_tokens(&self, tokens: Arc<TokenTable>) -> Self {
         Snapshot {
@@ -262,11 +270,7 @@ impl App {
         let _turn = self.updates.lock().await;
         let snap = self.snapshot();
         let (tokens, groups) = self.read_tokens().await?;
-        let next = match groups {
-            Some(groups) => snap.with_groups(groups, tokens),
-            None => snap.with_tokens(tokens),
-        };
-        self.snapshot.store(Arc::new(next));
+        self.snapshot.store(Arc::new(snap.with_store(tokens, groups)));
         tracing::info!(tokens_generation = self.status().tokens_generation, "tokens reloaded");
         Ok(())
     }
@@ -312,15 +316,9 @@ impl App {
             tracing::error!(error = %e, "certificate reload refused; the previous certificate keeps serving");
         }
         let Some(path) = snap.config.path.clone() else {
-            let tokens = self.read_tokens().await;
-            if let Ok((t, groups)) = &tokens {
-                let next = match groups {
-                    Some(g) => snap.with_groups(g.clone(), Arc::clone(t)),
-                    None => snap.with_tokens(Arc::clone(t)),
-                };
-                self.snapshot.store(Arc::new(next));
-            }
-            return tokens.map(|_| ()).and(tls);
+            let (tokens, groups) = self.read_tokens().await?;
+            self.snapshot.store(Arc::new(snap.with_store(tokens, groups)));
+            return tls;
         };
         let shown = path.display().to_string();
         let mut config = match blocking(move || Config::load(&path)).await? {
@@ -335,11 +333,11 @@ impl App {
         if config.server.listen != snap.config.server.listen {
             tracing::warn!("server.listen changed; the new address takes effect after a restart");
         }
-        if config.tokens_file != snap.config.tokens_file
-            || config.tokens_postgres.as_ref().map(|p| p.url().to_owned())
-                != snap.config.tokens_postgres.as_ref().map(|p| p.url().to_owned())
-        {
-            tracing::warn!("tokens.file changed; the new store takes effect after a restart");
+        let store_url = |c: &Config| c.tokens_postgres.as_ref().map(|p| p.url().to_owned());
+        if config.tokens_file != snap.config.tokens_file || store_url(&config) != store_url(&snap.config) {
+            tracing::warn!(
+                "the token store (tokens.file or tokens.postgres) changed; the new one takes effect after a restart"
+            );
         }
         let tokens = self.read_tokens().await;
         let table = match &tokens {

@@ -62,6 +62,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Refused(m) => err(StatusCode::BAD_REQUEST, m),
+            StoreError::NotFound(m) => err(StatusCode::NOT_FOUND, m),
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "admin API write while the token store is unavailable");
                 err(StatusCode::SERVICE_UNAVAILABLE, "the token store is unavailable; try again later")
@@ -303,24 +304,21 @@ async fn route(
             }
             let add = *m == Method::PUT;
             if app.store.keeps_groups() {
-                app.store.change_group(channel, group, what, item, add).await.map_err(|e| match e {
-                    StoreError::Refused(m) if m.contains("has no group") => err(StatusCode::NOT_FOUND, m),
-                    other => ApiError::from(other),
-                })?;
+                app.store.change_group(channel, group, what, item, add).await?;
                 reload_tokens(app).await;
-                return Ok((StatusCode::OK, json!({"channel": channel, "group": group, *what: item, "added": add})));
-            }
-            let (cfg, edit) = (Arc::clone(config), [channel, group, what, item].map(|s| (*s).to_owned()));
-            tokio::task::spawn_blocking(move || {
-                let [channel, group, what, item] = edit;
-                groups::change(&cfg, &channel, &group, &what, &item, add)
-            })
-            .await
-            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("the group edit failed: {e}")))?
-            .map_err(|e| err(e.0, e.1))?;
-            app.reload_all()
+            } else {
+                let (cfg, edit) = (Arc::clone(config), [channel, group, what, item].map(|s| (*s).to_owned()));
+                tokio::task::spawn_blocking(move || {
+                    let [channel, group, what, item] = edit;
+                    groups::change(&cfg, &channel, &group, &what, &item, add)
+                })
                 .await
-                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?;
+                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("the group edit failed: {e}")))?
+                .map_err(|e| err(e.0, e.1))?;
+                app.reload_all()
+                    .await
+                    .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?;
+            }
             Ok((StatusCode::OK, json!({"channel": channel, "group": group, *what: item, "added": add})))
         }
         (_, ["user" | "authentication" | "authentications" | "channels" | "explain"])

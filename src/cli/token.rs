@@ -173,7 +173,8 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
 /// `condagate explain`: what `user` can reach (of `channel`), with the groups of the configured store.
 pub async fn explain(config: PathBuf, user: String, channel: Option<String>) -> anyhow::Result<()> {
     let config = load_config(&config)?;
-    let config = with_store_groups(config.clone(), &*store::open(&config).await?).await?;
+    let store = store::open(&config).await?;
+    let config = with_store_groups(config, &*store).await?;
     print_reach(&config, &user, channel.as_deref(), None);
     Ok(())
 }

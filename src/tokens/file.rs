@@ -54,9 +54,22 @@ pub enum StoreError {
     /// The store cannot be reached (PostgreSQL down): the operation may succeed later.
     #[error("the token store is unavailable: {0}")]
     Unavailable(String),
+    /// What was asked for is not there (a group of a channel).
+    #[error("{0}")]
+    NotFound(String),
     /// The store's data is not what this condagate can use (a schema of another version, a row that does not parse).
     #[error("{0}")]
     Schema(String),
+}
+
+impl StoreError {
+    /// The refusal of a second active token of one name for one user, whichever store refuses it.
+    pub fn name_taken(record: &TokenRecord) -> Self {
+        StoreError::Refused(format!(
+            "user {:?} already has a token named {:?} (revoke it first, or choose another name)",
+            record.user, record.name
+        ))
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -347,10 +360,7 @@ pub fn update<T>(
 pub fn insert(path: &Path, record: TokenRecord) -> Result<(), StoreError> {
     update(path, move |records| {
         if records.iter().any(|r| r.user == record.user && r.name == record.name && r.revoked.is_none()) {
-            return Err(StoreError::Refused(format!(
-                "user {:?} already has a token named {:?} (revoke it first, or choose another name)",
-                record.user, record.name
-            )));
+            return Err(StoreError::name_taken(&record));
         }
         records.push(record);
         Ok(())

@@ -60,7 +60,6 @@ impl Connector {
             }
         }
         config.connect_timeout(Duration::from_secs(5));
-        config.application_name("condagate");
         let tls = match config.get_ssl_mode() {
             tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer => None,
             _ => {
@@ -435,10 +434,7 @@ impl Row {
 /// The refusal for a second active token of one name, or the database error as it is.
 fn unique_refused(e: tokio_postgres::Error, r: &TokenRecord, shown: &str) -> StoreError {
     if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        StoreError::Refused(format!(
-            "user {:?} already has a token named {:?} (revoke it first, or choose another name)",
-            r.user, r.name
-        ))
+        StoreError::name_taken(r)
     } else {
         db_error(shown)(e)
     }
@@ -595,7 +591,7 @@ impl TokenStore for PgStore {
             Box::pin(async move {
                 let n = c.execute(sql.as_str(), &[&channel, &group, &item]).await.map_err(db_error(&shown))?;
                 if n == 0 {
-                    return Err(StoreError::Refused(format!("channel {channel:?} has no group {group:?}")));
+                    return Err(StoreError::NotFound(format!("channel {channel:?} has no group {group:?}")));
                 }
                 Ok(())
             })
