@@ -349,7 +349,7 @@ impl App {
             }
             // The groups the store gave last stay in force with the tokens.
             Err(_) => {
-                if self.store.keeps_groups() {
+                if self.store.is_shared() {
                     config.groups = snap.config.groups.clone();
                 }
                 Arc::clone(&snap.tokens)

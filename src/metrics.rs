@@ -49,8 +49,6 @@ pub struct Metrics {
     /// Completed package downloads per (channel, package): for the admin API, never a metric label. Bounded by
     /// the packages that exist, since only served files are counted.
     downloads: DashMap<(String, String), u64>,
-    /// Downloads counted since the store last took them ([`Metrics::take_unsaved_downloads`]).
-    unsaved: DashMap<(String, String), u64>,
     /// Connection gauges, kept by the connection loop.
     pub connections: Arc<Connections>,
 }
@@ -77,20 +75,6 @@ impl Metrics {
     /// Counts a completed download of `package` from `channel`.
     pub fn download(&self, channel: &str, package: &str) {
         *self.downloads.entry((channel.to_owned(), package.to_owned())).or_insert(0) += 1;
-        *self.unsaved.entry((channel.to_owned(), package.to_owned())).or_insert(0) += 1;
-    }
-
-    /// The downloads counted since the last call, for the store to add up across replicas.
-    pub fn take_unsaved_downloads(&self) -> Vec<(String, String, u64)> {
-        let keys: Vec<(String, String)> = self.unsaved.iter().map(|e| e.key().clone()).collect();
-        keys.into_iter().filter_map(|k| self.unsaved.remove(&k)).map(|((c, p), n)| (c, p, n)).collect()
-    }
-
-    /// Puts back counts the store could not take, to be saved with the next batch.
-    pub fn keep_unsaved_downloads(&self, counts: Vec<(String, String, u64)>) {
-        for (c, p, n) in counts {
-            *self.unsaved.entry((c, p)).or_insert(0) += n;
-        }
     }
 
     /// Completed downloads per package of the channels `include` accepts, sorted.

@@ -232,7 +232,9 @@ impl Server {
         let cfg = app.snapshot().config.clone();
         let watcher = tokio::spawn(watch_tokens(Arc::clone(&app)));
         let certificates = tokio::spawn(watch_certificates(Arc::clone(&app), cfg.tokens_watch_interval));
-        let counts = tokio::spawn(save_usage_every(Arc::clone(&app), USAGE_SAVED_EVERY));
+        let (stop_saving, stopped) = tokio::sync::oneshot::channel();
+        let usage =
+            app.store.is_shared().then(|| tokio::spawn(save_usage_every(Arc::clone(&app), USAGE_SAVED_EVERY, stopped)));
         let prober = tokio::spawn(probe_loop(Arc::clone(&app), cfg.upstream_probe_interval));
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256);
@@ -307,9 +309,10 @@ impl Server {
         drop(listener);
         watcher.abort();
         certificates.abort();
-        counts.abort();
-        // The last batch, so that a restart loses no count (uses since start: a few sent twice at most).
-        save_usage(&app, 0).await;
+        let _ = stop_saving.send(());
+        if let Some(task) = usage {
+            let _ = task.await;
+        }
         prober.abort();
         tracing::info!("draining connections");
         let _ = stop_tx.send(true);
@@ -343,30 +346,43 @@ async fn watch_tokens(app: Arc<App>) {
     }
 }
 
-/// Saves the download counts and the last uses of tokens to the store every `every` (a no-op for the tokens file),
-/// never per request.
-async fn save_usage_every(app: Arc<App>, every: std::time::Duration) {
+/// What of this process's usage a shared store already has: the download counts last saved, and up to which
+/// second the last uses of tokens were.
+#[derive(Default)]
+struct Saved {
+    downloads: std::collections::HashMap<(String, String), u64>,
+    uses_up_to: u32,
+}
+
+/// Saves the download counts and the last uses of tokens to a shared store every `every`, never per request, and
+/// once more when `stop` fires, so that a restart loses nothing.
+async fn save_usage_every(app: Arc<App>, every: std::time::Duration, stop: tokio::sync::oneshot::Receiver<()>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut saved_up_to = 0u32;
+    tokio::pin!(stop);
+    let mut saved = Saved::default();
     loop {
-        tick.tick().await;
-        saved_up_to = save_usage(&app, saved_up_to).await;
+        tokio::select! {
+            _ = tick.tick() => save_usage(&app, &mut saved).await,
+            _ = &mut stop => return save_usage(&app, &mut saved).await,
+        }
     }
 }
 
-/// Saves the downloads counted since the last save and the uses of tokens since `saved_up_to` (Unix seconds);
-/// returns the time the next save starts from. What the store cannot take is kept for the next save.
-async fn save_usage(app: &App, saved_up_to: u32) -> u32 {
-    let counts = app.metrics.take_unsaved_downloads();
-    if !counts.is_empty() {
-        if let Err(e) = app.store.add_downloads(counts.clone()).await {
-            tracing::warn!(error = %e, "download counts not saved; kept for the next batch");
-            app.metrics.keep_unsaved_downloads(counts);
-        }
-    }
-    if !app.store.keeps_groups() {
-        return saved_up_to;
+/// Saves what was counted since `saved`: the downloads as differences of this process's cumulative counts, and the
+/// tokens used since the last save. What the store cannot take now is sent again with the next save.
+async fn save_usage(app: &App, saved: &mut Saved) {
+    let counts = app.metrics.downloads(|_| true);
+    let new: Vec<(String, String, u64)> = counts
+        .iter()
+        .filter_map(|(c, p, n)| {
+            let before = saved.downloads.get(&(c.clone(), p.clone())).copied().unwrap_or(0);
+            (*n > before).then(|| (c.clone(), p.clone(), n - before))
+        })
+        .collect();
+    match app.store.add_downloads(new).await {
+        Ok(()) => saved.downloads = counts.into_iter().map(|(c, p, n)| ((c, p), n)).collect(),
+        Err(e) => tracing::warn!(error = %e, "download counts not saved; sent again with the next batch"),
     }
     let now = app.clock.unix_seconds(std::time::Instant::now());
     let tokens = Arc::clone(&app.current().tokens);
@@ -374,14 +390,13 @@ async fn save_usage(app: &App, saved_up_to: u32) -> u32 {
     let uses: Vec<_> = tokens
         .records()
         .iter()
-        .filter_map(|r| r.seen.last().filter(|t| t.unix_timestamp() >= i64::from(saved_up_to)).map(|t| (r.digest, t)))
+        .filter_map(|r| {
+            r.seen.last().filter(|t| t.unix_timestamp() >= i64::from(saved.uses_up_to)).map(|t| (r.digest, t))
+        })
         .collect();
     match app.store.add_last_used(uses).await {
-        Ok(()) => now,
-        Err(e) => {
-            tracing::warn!(error = %e, "last-used times not saved; retried with the next batch");
-            saved_up_to
-        }
+        Ok(()) => saved.uses_up_to = now,
+        Err(e) => tracing::warn!(error = %e, "last-used times not saved; sent again with the next batch"),
     }
 }
 

@@ -303,7 +303,7 @@ async fn route(
                 return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
             }
             let add = *m == Method::PUT;
-            if app.store.keeps_groups() {
+            if app.store.is_shared() {
                 app.store.change_group(channel, group, what, item, add).await?;
                 reload_tokens(app).await;
             } else {

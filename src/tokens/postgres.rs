@@ -530,7 +530,7 @@ impl TokenStore for PgStore {
         .await
     }
 
-    fn keeps_groups(&self) -> bool {
+    fn is_shared(&self) -> bool {
         true
     }
 

@@ -34,8 +34,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// users share needs the user.
     async fn revoke(&self, name: &str, user: Option<&str>, now: OffsetDateTime) -> Result<TokenRecord, StoreError>;
 
-    /// Whether the channels' groups live in this store rather than in the configuration file.
-    fn keeps_groups(&self) -> bool {
+    /// Whether replicas share this store: it then keeps the channels' groups (instead of the configuration file),
+    /// the download counts and the last uses of tokens, and can change behind this process.
+    fn is_shared(&self) -> bool {
         false
     }
 
