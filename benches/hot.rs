@@ -42,7 +42,7 @@ fn record(i: usize, user: &str) -> (String, TokenRecord) {
         digest: t.digest(),
         scopes: [Scope::CondaDownload].into_iter().collect(),
         created: OffsetDateTime::UNIX_EPOCH,
-        expires: if i % 2 == 0 { None } else { Some(OffsetDateTime::UNIX_EPOCH) },
+        expires: if i.is_multiple_of(2) { None } else { Some(OffsetDateTime::UNIX_EPOCH) },
         revoked: None,
         channels: None,
         seen: Default::default(),

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::tokens::store::{self, Freshness, TokenStore};
 use crate::tokens::TokenTable;
+use crate::upstream::cache::Cache;
 use crate::upstream::health::UpstreamHealth;
 use crate::upstream::{ChannelUpstreams, Upstreams};
 
@@ -128,6 +129,9 @@ pub enum StartError {
     /// The listener or the worker threads failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The upstream cache's folder could not be opened.
+    #[error("upstream.cache.dir {0}")]
+    Cache(String),
 }
 
 /// A pause between reading the tokens and putting them in force, for tests that need an update to be slow.
@@ -183,7 +187,16 @@ impl App {
         if let Some(groups) = store.groups().await? {
             config.groups = groups;
         }
-        let upstreams = Upstreams::new(config.upstream_timeouts, config.upstream_max_document);
+        let mut upstreams = Upstreams::new(config.upstream_timeouts, config.upstream_max_document);
+        if let Some(c) = config.upstream_cache.clone() {
+            let recheck = config.upstream_recheck;
+            let shown = c.dir.display().to_string();
+            let cache = blocking(move || Cache::open(&c.dir, c.max_size, recheck))
+                .await
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| StartError::Cache(format!("{shown}: {e}")))?;
+            upstreams = upstreams.with_cache(Arc::new(cache));
+        }
         let views = Views::new(config.cache_max_bytes, config.upstream_recheck);
         let t = config.server.throttle;
         let throttle = Throttle::new(t.failures, t.window, t.cooldown).with_ipv6_prefix(t.ipv6_prefix);
@@ -332,6 +345,9 @@ impl App {
         };
         if config.server.listen != snap.config.server.listen {
             tracing::warn!("server.listen changed; the new address takes effect after a restart");
+        }
+        if config.upstream_cache != snap.config.upstream_cache {
+            tracing::warn!("upstream.cache changed; the new cache takes effect after a restart");
         }
         let store_url = |c: &Config| c.tokens_postgres.as_ref().map(|p| p.url().to_owned());
         if config.tokens_file != snap.config.tokens_file || store_url(&config) != store_url(&snap.config) {

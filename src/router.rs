@@ -118,6 +118,46 @@ fn may_see_details(
         .is_ok_and(|r| r.can_api(crate::tokens::Scope::ApiRead))
 }
 
+/// The upstream cache's counters and gauges, `condagate_upstream_cache_*`.
+fn cache_metrics(body: &mut String, cache: &crate::upstream::cache::Cache) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = cache.stats();
+    let (held, files) = cache.held();
+    let counters = [
+        ("hits_total", "packages and shards served from the cache folder", &s.hits),
+        ("misses_total", "packages and shards not in the folder (joined or started a fill)", &s.misses),
+        ("hit_bytes_total", "bytes sent from cached files", &s.hit_bytes),
+        ("filled_bytes_total", "bytes written to the folder by fills", &s.filled_bytes),
+        ("evictions_total", "files evicted to stay within max_size", &s.evictions),
+        ("upstream_fetches_total", "requests the cache sent upstream (fills, first reads, revalidations)", &s.fetches),
+        (
+            "verification_failures_total",
+            "fills whose sha256 did not match the repodata (not cached)",
+            &s.verify_failures,
+        ),
+        ("unverifiable_total", "packages passed through uncached: no sha256 in the repodata", &s.unverifiable),
+        ("revalidation_failures_total", "failed revalidations (the held copy kept serving)", &s.revalidation_failures),
+        ("document_hits_total", "repodata documents answered without waiting on the upstream", &s.document_hits),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(body, "# HELP condagate_upstream_cache_{name} {help}");
+        let _ = writeln!(body, "# TYPE condagate_upstream_cache_{name} counter");
+        let _ = writeln!(body, "condagate_upstream_cache_{name} {}", v.load(Relaxed));
+    }
+    let gauges = [
+        ("bytes", "bytes held in the cache folder", held),
+        ("files", "files held in the cache folder", files as u64),
+        ("max_bytes", "upstream.cache.max_size", cache.max_size()),
+        ("stale_documents", "documents served while their last revalidation failed", cache.stale_documents() as u64),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(body, "# HELP condagate_upstream_cache_{name} {help}");
+        let _ = writeln!(body, "# TYPE condagate_upstream_cache_{name} gauge");
+        let _ = writeln!(body, "condagate_upstream_cache_{name} {v}");
+    }
+}
+
 /// `condagate_upstream_up{channel}`: 1 or 0 for each configured channel whose upstream state is known. Labels are
 /// bounded by the configuration.
 fn upstream_metrics(body: &mut String, app: &App, snap: &Snapshot) {
@@ -220,6 +260,9 @@ pub(crate) async fn dispatch(
                 app.throttle.blocked_count(now),
             );
             upstream_metrics(&mut body, app, snap);
+            if let Some(cache) = app.upstreams.cache() {
+                cache_metrics(&mut body, cache);
+            }
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
         Route::Api(segments) => {

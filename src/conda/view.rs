@@ -10,13 +10,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG};
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response};
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 use sha2::{Digest as _, Sha256};
@@ -26,8 +25,8 @@ use crate::conda::filter::{self, ShardIndex};
 use crate::conda::route::{ChannelPath, FileKind};
 use crate::config::{Channel, Source};
 use crate::error::{Error, UpstreamError};
-use crate::http::body::{empty, full, Body};
-use crate::http::conditional::{self, RangeAsk};
+use crate::http::body::Body;
+use crate::http::conditional::{self, quoted_etag, Validators};
 use crate::policy::Grant;
 use crate::upstream::{Document, Refetch, Upstream};
 
@@ -55,24 +54,6 @@ struct ViewKey {
 pub struct Rendered {
     bytes: Bytes,
     validators: Validators,
-}
-
-/// Response validators, formatted once when a document or view is made rather than on every request.
-#[derive(Debug, Clone)]
-struct Validators {
-    etag: HeaderValue,
-    last_modified: Option<HeaderValue>,
-    modified: Option<SystemTime>,
-}
-
-impl Validators {
-    fn new(etag: &str, modified: Option<SystemTime>) -> Result<Self, Error> {
-        Ok(Validators {
-            etag: HeaderValue::from_str(etag).map_err(|e| Error::Internal(format!("ETag {etag:?}: {e}")))?,
-            last_modified: modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
-            modified,
-        })
-    }
 }
 
 #[derive(Clone)]
@@ -262,7 +243,7 @@ impl Views {
                     })?;
                     (abs, None, None)
                 };
-                let validators = Validators::new(&quoted_etag(&doc.validator), doc.modified)?;
+                let validators = Validators::new(&quoted_etag(&doc.validator), doc.modified).map_err(bad_etag)?;
                 let held = Arc::new(Held {
                     doc,
                     source: channel.source.clone(),
@@ -392,7 +373,7 @@ impl Views {
         let fingerprint = match view {
             // The document is in memory already: serve its bytes as they are, with the upstream's validator.
             Grant::Full if !held.absolute_base_url && source_file == path.file => {
-                return Ok(Some(respond(&held.doc.bytes, &held.validators, method, headers)?));
+                return Ok(Some(with_age(respond(&held.doc.bytes, &held.validators, method, headers)?, &held.doc)));
             }
             Grant::Full if !held.absolute_base_url => return Ok(None),
             Grant::Full => None,
@@ -420,8 +401,26 @@ impl Views {
                 r
             }
         };
-        Ok(Some(respond(&rendered.bytes, &rendered.validators, method, headers)?))
+        Ok(Some(with_age(respond(&rendered.bytes, &rendered.validators, method, headers)?, &held.doc)))
     }
+}
+
+/// Answers from bytes in memory; a range outside them is a 416.
+fn respond(bytes: &Bytes, v: &Validators, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, Error> {
+    conditional::respond(bytes, v, method, headers).ok_or(Error::RangeNotSatisfiable { size: bytes.len() as u64 })
+}
+
+fn bad_etag(e: http::header::InvalidHeaderValue) -> Error {
+    Error::Internal(format!("an ETag that is no header value: {e}"))
+}
+
+/// Adds `Age` to a response made from a document the upstream cache holds: how long ago the upstream last
+/// confirmed it. It grows while the upstream is down and the cached copy is served.
+fn with_age(mut resp: Response<Body>, doc: &Document) -> Response<Body> {
+    if let Some(age) = doc.age() {
+        resp.headers_mut().insert(http::header::AGE, http::HeaderValue::from(age));
+    }
+    resp
 }
 
 async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendered, Error> {
@@ -452,51 +451,7 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendere
     .map_err(|e| Error::Upstream(UpstreamError::caused_by(format!("{}: cannot filter", key.source), e)))?;
     // No Last-Modified on a view: it also changes when the visible set does, which no upstream date shows, so
     // clients revalidate by the ETag, which covers both.
-    Ok(Rendered { bytes: Bytes::from(bytes), validators: Validators::new(&etag, None)? })
-}
-
-/// An upstream validator as a strong ETag: kept when it is one, else a digest of it (a Last-Modified date).
-fn quoted_etag(validator: &str) -> String {
-    if validator.starts_with('"') && validator.ends_with('"') && validator.len() >= 2 {
-        validator.to_owned()
-    } else {
-        format!("\"u-{}\"", hex::encode(&Sha256::digest(validator.as_bytes())[..12]))
-    }
-}
-
-/// Answers from bytes in memory: validators, 304, ranges, HEAD.
-fn respond(bytes: &Bytes, v: &Validators, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, Error> {
-    let mut resp = Response::new(empty());
-    let h = resp.headers_mut();
-    h.insert(ETAG, v.etag.clone());
-    if let Some(lm) = &v.last_modified {
-        h.insert(http::header::LAST_MODIFIED, lm.clone());
-    }
-    let etag = v.etag.to_str().unwrap_or_default();
-    let modified = v.modified;
-    if conditional::not_modified(headers, etag, modified) {
-        *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        return Ok(resp);
-    }
-    let len = bytes.len() as u64;
-    let body = match conditional::range(headers, len, etag, modified) {
-        RangeAsk::Whole => bytes.clone(),
-        RangeAsk::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size: len }),
-        RangeAsk::Part { start, end } => {
-            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
-                resp.headers_mut().insert(CONTENT_RANGE, v);
-            }
-            bytes.slice(start as usize..=end as usize)
-        }
-    };
-    if method == Method::HEAD {
-        resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    } else {
-        // hyper writes `Content-Length` from the body's exact size, with no header value to allocate.
-        *resp.body_mut() = full(body);
-    }
-    Ok(resp)
+    Ok(Rendered { bytes: Bytes::from(bytes), validators: Validators::new(&etag, None).map_err(bad_etag)? })
 }
 
 #[cfg(test)]

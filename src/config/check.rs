@@ -10,10 +10,10 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 
 use super::defaults as d;
-use super::raw::{RawChannel, RawConfig, RawGroup, RawServer, RawThrottle, RawTls, RawUpstream};
+use super::raw::{RawChannel, RawConfig, RawGroup, RawS3, RawServer, RawThrottle, RawTls, RawUpstream};
 use super::{
     redact_userinfo, valid_segment_name, Access, Channel, Config, Group, IpNet, LogFormat, Packages, PostgresConfig,
-    ServerConfig, Source, ThrottleConfig, TlsPaths, UpstreamTimeouts,
+    S3Credentials, S3Source, ServerConfig, Source, ThrottleConfig, TlsPaths, UpstreamCache, UpstreamTimeouts,
 };
 use crate::names::name_problem;
 
@@ -130,6 +130,7 @@ pub(super) fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config
             d::MAX_DOCUMENT
         }),
     };
+    let upstream_cache = upstream_cache(p, up, base_dir);
     let cache_max_bytes = match raw.cache.max_bytes {
         None => d::CACHE_MAX_BYTES,
         Some(n) => u64::try_from(n).unwrap_or_else(|_| {
@@ -156,6 +157,7 @@ pub(super) fn check(raw: RawConfig, base_dir: &Path, p: &mut Problems) -> Config
         upstream_recheck,
         upstream_probe_interval,
         upstream_max_document,
+        upstream_cache,
         cache_max_bytes,
         log_format,
         channels,
@@ -340,42 +342,141 @@ fn source(p: &mut Problems, key: &str, raw: &RawUpstream, base_dir: &Path, chann
             (_, Err(_)) => p.add(format!("{key}.headers.{name}"), "the value is not a valid header value"),
         }
     }
-    match (&raw.dir, &raw.url) {
-        (Some(_), Some(_)) => {
-            p.add(key, "set either dir or url, not both");
-            None
+    let kinds = [raw.dir.is_some(), raw.url.is_some(), raw.s3.is_some()];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        p.add(key, "set one of dir, url and s3, not several");
+        return None;
+    }
+    if !raw.headers.is_empty() && raw.url.is_none() {
+        p.add(format!("{key}.headers"), "headers only apply to an url upstream");
+    }
+    if channel.is_none() && raw.cache.is_some() {
+        p.add(format!("{key}.cache"), "the cache is set once for every channel, in the top-level [upstream.cache]");
+    }
+    if let Some(dir) = &raw.dir {
+        let mut root = base_dir.join(dir);
+        if let Some(c) = channel {
+            root.push(c);
         }
-        (None, None) => {
-            p.add(key, "set dir (a local folder) or url (an HTTP mirror)");
-            None
+        return Some(Source::Dir(root));
+    }
+    if let Some(s3) = &raw.s3 {
+        return s3_source(p, &format!("{key}.s3"), s3, base_dir, channel);
+    }
+    let Some(url) = &raw.url else {
+        p.add(key, "set dir (a local folder), url (an HTTP mirror) or s3 (a bucket)");
+        return None;
+    };
+    let trimmed = url.trim_end_matches('/');
+    let ok = trimmed
+        .parse::<Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none());
+    if ok.is_none() {
+        let shown = redact_userinfo(url);
+        p.add(format!("{key}.url"), format!("{shown:?} is not an http:// or https:// URL without a query"));
+        return None;
+    }
+    let base = match channel {
+        Some(c) => format!("{trimmed}/{c}"),
+        None => trimmed.to_owned(),
+    };
+    Some(Source::Http { base, headers })
+}
+
+/// An S3 source: the bucket and prefix (the channel's name appended for the top-level `[upstream]`), the endpoint
+/// (AWS's for the region unless set) and the credentials, from the `*_file` keys or else the usual AWS variables.
+fn s3_source(p: &mut Problems, key: &str, raw: &RawS3, base_dir: &Path, channel: Option<&str>) -> Option<Source> {
+    let bucket_ok = (3..=63).contains(&raw.bucket.len())
+        && raw.bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !bucket_ok {
+        p.add(
+            format!("{key}.bucket"),
+            format!("{:?} is not an S3 bucket name (3 to 63 of a-z, 0-9, - and .)", raw.bucket),
+        );
+    }
+    let mut prefix = raw.prefix.trim_matches('/').to_owned();
+    if prefix.split('/').any(|s| s.is_empty() || s == "." || s == "..") && !prefix.is_empty() {
+        p.add(format!("{key}.prefix"), format!("{:?} has an empty, . or .. segment", raw.prefix));
+    }
+    if let Some(c) = channel {
+        if !prefix.is_empty() {
+            prefix.push('/');
         }
-        (Some(dir), None) => {
-            if !raw.headers.is_empty() {
-                p.add(format!("{key}.headers"), "headers only apply to an url upstream");
-            }
-            let mut root = base_dir.join(dir);
-            if let Some(c) = channel {
-                root.push(c);
-            }
-            Some(Source::Dir(root))
-        }
-        (None, Some(url)) => {
-            let trimmed = url.trim_end_matches('/');
+        prefix.push_str(c);
+    }
+    let region = raw.region.clone().unwrap_or_else(|| d::S3_REGION.to_owned());
+    let endpoint = match &raw.endpoint {
+        Some(e) => {
+            let trimmed = e.trim_end_matches('/');
             let ok = trimmed.parse::<Uri>().ok().filter(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none()
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.path() == "/"
             });
             if ok.is_none() {
-                let shown = redact_userinfo(url);
-                p.add(format!("{key}.url"), format!("{shown:?} is not an http:// or https:// URL without a query"));
-                return None;
+                p.add(format!("{key}.endpoint"), format!("{e:?} is not an http:// or https:// URL without a path"));
             }
-            let base = match channel {
-                Some(c) => format!("{trimmed}/{c}"),
-                None => trimmed.to_owned(),
-            };
-            Some(Source::Http { base, headers })
+            trimmed.to_owned()
         }
-    }
+        None => format!("https://s3.{region}.amazonaws.com"),
+    };
+    let path_style = raw.path_style.unwrap_or(raw.endpoint.is_some());
+    let read = |p: &mut Problems, name: &str, file: &Option<String>| -> Option<String> {
+        let path = base_dir.join(file.as_ref()?);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) => {
+                p.add(format!("{key}.{name}"), format!("{}: {e}", path.display()));
+                None
+            }
+        }
+    };
+    let from_files = (
+        read(p, "access_key_id_file", &raw.access_key_id_file),
+        read(p, "secret_access_key_file", &raw.secret_access_key_file),
+        read(p, "session_token_file", &raw.session_token_file),
+    );
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let credentials = match (raw.access_key_id_file.is_some(), raw.secret_access_key_file.is_some()) {
+        (true, true) => match from_files {
+            (Some(key_id), Some(secret), session_token) => Some(S3Credentials { key_id, secret, session_token }),
+            _ => None,
+        },
+        (true, false) | (false, true) => {
+            p.add(key, "set both access_key_id_file and secret_access_key_file, or neither");
+            None
+        }
+        (false, false) => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(key_id), Some(secret)) => {
+                Some(S3Credentials { key_id, secret, session_token: env("AWS_SESSION_TOKEN") })
+            }
+            _ => None,
+        },
+    };
+    bucket_ok
+        .then(|| Source::S3(S3Source { endpoint, bucket: raw.bucket.clone(), prefix, region, path_style, credentials }))
+}
+
+/// `[upstream.cache]`: the folder (relative to the config file) and the size bound.
+fn upstream_cache(p: &mut Problems, up: Option<&RawUpstream>, base_dir: &Path) -> Option<UpstreamCache> {
+    let raw = up?.cache.as_ref()?;
+    let Some(dir) = &raw.dir else {
+        p.add("upstream.cache.dir", "is missing: the folder the cache keeps its files in");
+        return None;
+    };
+    let max_size = match &raw.max_size {
+        None => d::UPSTREAM_CACHE_MAX_SIZE,
+        Some(v) => size(v).filter(|n| *n > 0).unwrap_or_else(|| {
+            p.add(
+                "upstream.cache.max_size",
+                format!("{v} is not a size like \"20GiB\", \"512MiB\" or a number of bytes"),
+            );
+            d::UPSTREAM_CACHE_MAX_SIZE
+        }),
+    };
+    Some(UpstreamCache { dir: base_dir.join(dir), max_size })
 }
 
 fn groups(p: &mut Problems, raw: &[RawGroup], channels: &HashSet<&str>) -> Vec<Group> {

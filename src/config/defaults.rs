@@ -43,3 +43,7 @@ pub const UPSTREAM_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 pub const MAX_DOCUMENT: u64 = 1 << 30;
 /// `cache.max_bytes`.
 pub const CACHE_MAX_BYTES: u64 = 256 << 20;
+/// `upstream.cache.max_size`.
+pub const UPSTREAM_CACHE_MAX_SIZE: u64 = 20 << 30;
+/// `upstream.s3.region`.
+pub const S3_REGION: &str = "us-east-1";

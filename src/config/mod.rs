@@ -79,6 +79,68 @@ pub enum Source {
         /// Extra headers sent upstream (credentials, typically).
         headers: Vec<(HeaderName, HeaderValue)>,
     },
+    /// An S3-compatible object store: the channel's root is a key prefix in a bucket.
+    S3(S3Source),
+}
+
+impl Source {
+    /// Whether the files are fetched over the network (and so go through `upstream.cache` when one is set).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Source::Dir(_))
+    }
+
+    /// The source as logs, errors and the cache folder's `SOURCE` file show it: no credentials.
+    pub fn shown(&self) -> String {
+        match self {
+            Source::Dir(root) => root.display().to_string(),
+            Source::Http { base, .. } => redact_userinfo(base).into_owned(),
+            Source::S3(s3) => format!("s3://{}/{} at {}", s3.bucket, s3.prefix, s3.endpoint),
+        }
+    }
+}
+
+/// A channel's root in an S3-compatible bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Source {
+    /// The service's URL, like `https://s3.us-east-1.amazonaws.com` or `http://127.0.0.1:8333`.
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix of the channel's root, without a leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+    /// The region requests are signed for.
+    pub region: String,
+    /// Whether the bucket goes in the path (`endpoint/bucket/key`, as most self-hosted stores want) rather than in
+    /// the host name (`bucket.endpoint/key`).
+    pub path_style: bool,
+    /// The credentials requests are signed with; `None` for anonymous requests.
+    pub credentials: Option<S3Credentials>,
+}
+
+/// An access key for S3. Its `Debug` shows neither part.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// The access key id.
+    pub key_id: String,
+    /// The secret access key.
+    pub secret: String,
+    /// A session token, for temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("S3Credentials(<redacted>)")
+    }
+}
+
+/// The on-disk cache in front of remote upstreams (`[upstream.cache]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamCache {
+    /// The folder it lives in.
+    pub dir: PathBuf,
+    /// The most bytes of files it keeps; the least recently used go first.
+    pub max_size: u64,
 }
 
 /// Timeouts for HTTP upstreams.
@@ -306,6 +368,8 @@ pub struct Config {
     pub upstream_probe_interval: Duration,
     /// The largest repodata document or shard index read from an upstream to filter; a larger one is refused (502).
     pub upstream_max_document: u64,
+    /// The on-disk cache for HTTP and S3 upstreams, when `[upstream.cache]` is set.
+    pub upstream_cache: Option<UpstreamCache>,
     /// Bytes of filtered repodata views kept in memory.
     pub cache_max_bytes: u64,
     /// Log line format.

@@ -73,6 +73,29 @@ pub(super) struct RawUpstream {
     pub(super) recheck: Option<String>,
     pub(super) probe_interval: Option<String>,
     pub(super) max_document: Option<toml::Value>,
+    pub(super) s3: Option<RawS3>,
+    pub(super) cache: Option<RawUpstreamCache>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawS3 {
+    pub(super) bucket: String,
+    #[serde(default)]
+    pub(super) prefix: String,
+    pub(super) endpoint: Option<String>,
+    pub(super) region: Option<String>,
+    pub(super) path_style: Option<bool>,
+    pub(super) access_key_id_file: Option<String>,
+    pub(super) secret_access_key_file: Option<String>,
+    pub(super) session_token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamCache {
+    pub(super) dir: Option<String>,
+    pub(super) max_size: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,9 +1,80 @@
 //! HTTP validators and byte ranges (RFC 9110 §13 and §14) for the responses condagate builds itself: local files and
 //! cached repodata views. Responses relayed from an HTTP upstream keep the upstream's own handling.
 
-use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
-use http::HeaderMap;
 use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{
+    InvalidHeaderValue, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED,
+    RANGE,
+};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::http::body::{empty, full, Body};
+
+/// Response validators, formatted once when a document or view is made rather than on every request.
+#[derive(Debug, Clone)]
+pub struct Validators {
+    etag: HeaderValue,
+    last_modified: Option<HeaderValue>,
+    modified: Option<SystemTime>,
+}
+
+impl Validators {
+    /// The validators of a representation with strong ETag `etag`, last modified at `modified`.
+    pub fn new(etag: &str, modified: Option<SystemTime>) -> Result<Self, InvalidHeaderValue> {
+        Ok(Validators {
+            etag: HeaderValue::from_str(etag)?,
+            last_modified: modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
+            modified,
+        })
+    }
+}
+
+/// An upstream validator as a strong ETag: kept when it is one, else a digest of it (a Last-Modified date).
+pub fn quoted_etag(validator: &str) -> String {
+    if validator.starts_with('"') && validator.ends_with('"') && validator.len() >= 2 {
+        validator.to_owned()
+    } else {
+        format!("\"u-{}\"", hex::encode(&Sha256::digest(validator.as_bytes())[..12]))
+    }
+}
+
+/// Answers a GET or HEAD from bytes in memory: validators, 304, ranges. `None` for a range outside the bytes (416).
+pub fn respond(bytes: &Bytes, v: &Validators, method: &Method, headers: &HeaderMap) -> Option<Response<Body>> {
+    let mut resp = Response::new(empty());
+    let h = resp.headers_mut();
+    h.insert(ETAG, v.etag.clone());
+    if let Some(lm) = &v.last_modified {
+        h.insert(LAST_MODIFIED, lm.clone());
+    }
+    let etag = v.etag.to_str().unwrap_or_default();
+    let modified = v.modified;
+    if not_modified(headers, etag, modified) {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        return Some(resp);
+    }
+    let len = bytes.len() as u64;
+    let body = match range(headers, len, etag, modified) {
+        RangeAsk::Whole => bytes.clone(),
+        RangeAsk::Unsatisfiable => return None,
+        RangeAsk::Part { start, end } => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                resp.headers_mut().insert(CONTENT_RANGE, v);
+            }
+            bytes.slice(usize::try_from(start).ok()?..=usize::try_from(end).ok()?)
+        }
+    };
+    if method == Method::HEAD {
+        resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    } else {
+        // hyper writes `Content-Length` from the body's exact size, with no header value to allocate.
+        *resp.body_mut() = full(body);
+    }
+    Some(resp)
+}
 
 /// What a request's `Range` header asks of a representation of `len` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -83,7 +83,14 @@ impl Upstream for Dir {
         // from being cached under the new name.
         let stamp = FileStamp::new(modified, bytes.len() as u64);
         let validator = stamp.etag();
-        Ok(Refetch::Changed(Document { bytes: bytes.into(), validator, modified, max_age: None, stamp: Some(stamp) }))
+        Ok(Refetch::Changed(Document {
+            bytes: bytes.into(),
+            validator,
+            modified,
+            max_age: None,
+            stamp: Some(stamp),
+            validated: None,
+        }))
     }
 
     fn unchanged(&self, rel: &str, held: &Document) -> Option<Result<bool, Error>> {
@@ -100,7 +107,7 @@ impl Upstream for Dir {
 }
 
 /// Serves a local file: validators, 304, ranges, HEAD, and a streamed body read in large chunks.
-async fn serve_file(path: &Path, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, Error> {
+pub(super) async fn serve_file(path: &Path, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, Error> {
     let mut file = tokio::fs::File::open(path).await.map_err(io_error)?;
     let meta = file.metadata().await.map_err(io_error)?;
     if !meta.is_file() {

@@ -1,5 +1,5 @@
-//! An HTTP(S) mirror as upstream: one pooled keep-alive client for every channel; validators, ranges and
-//! conditionals are forwarded and the answer relayed. Nothing from the client's request goes upstream but the
+//! An HTTP(S) mirror or an S3 bucket as upstream: one pooled keep-alive client for every channel; validators, ranges
+//! and conditionals are forwarded and the answer relayed. Nothing from the client's request goes upstream but the
 //! validator and range headers: no token, no `Authorization`, no hop-by-hop headers.
 
 use std::future::Future;
@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::s3::Objects;
 use super::{shown_url, too_large, upstream_url, Document, Refetch, Upstream};
 use crate::config::UpstreamTimeouts;
 use crate::error::{chain, Error, UpstreamError};
@@ -49,48 +50,89 @@ pub fn pool(timeouts: UpstreamTimeouts) -> Pool {
         .build(https)
 }
 
-/// A channel's files below a base URL.
+/// A header sent with every request to a mirror.
+type Header = (HeaderName, HeaderValue);
+
+/// Where a mirror's files are.
+pub enum Target {
+    /// Below a base URL, sent these headers on every request.
+    Url {
+        /// The channel root's URL.
+        base: String,
+        /// Extra headers (the mirror's credentials, typically).
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// Below a prefix in a bucket, each request signed.
+    S3(Box<Objects>),
+}
+
+impl Target {
+    /// The URL for `rel` (the root itself for `None`), and the headers to send with it.
+    fn url(&self, rel: Option<&str>, method: &Method) -> Result<(String, &[Header]), Error> {
+        match self {
+            Target::Url { base, headers } => Ok((upstream_url(base, rel.unwrap_or("")), headers)),
+            Target::S3(objects) => {
+                let url = match rel {
+                    None => objects.bucket_url(),
+                    Some(rel) => {
+                        objects.object_url(&objects.key(rel).map_err(|_| Error::NotFound)?, method == Method::HEAD)
+                    }
+                };
+                Ok((url, &[]))
+            }
+        }
+    }
+
+    /// How errors and logs name `rel`: no credentials, no signature.
+    fn shown(&self, rel: &str) -> String {
+        match self {
+            Target::Url { base, .. } => shown_url(base, rel),
+            Target::S3(objects) => objects.shown(rel),
+        }
+    }
+}
+
+/// A channel's files at a mirror or in a bucket.
 pub struct Mirror {
     client: Pool,
     timeouts: UpstreamTimeouts,
     max_document: u64,
-    base: String,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    target: Target,
 }
 
 impl std::fmt::Debug for Mirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The headers may hold the mirror's credentials, and the base its user information.
-        f.debug_struct("Mirror").field("base", &shown_url(&self.base, "")).finish_non_exhaustive()
+        f.debug_struct("Mirror").field("at", &self.target.shown("")).finish_non_exhaustive()
     }
 }
 
 impl Mirror {
-    /// The mirror at `base`, sent `headers` on every request, through `client`.
-    pub fn new(
-        client: Pool,
-        timeouts: UpstreamTimeouts,
-        max_document: u64,
-        base: String,
-        headers: Vec<(HeaderName, HeaderValue)>,
-    ) -> Self {
-        Mirror { client, timeouts, max_document, base, headers }
+    /// The files at `target`, through `client`.
+    pub fn new(client: Pool, timeouts: UpstreamTimeouts, max_document: u64, target: Target) -> Self {
+        Mirror { client, timeouts, max_document, target }
+    }
+
+    /// How errors and logs name `rel`.
+    fn shown(&self, rel: &str) -> String {
+        self.target.shown(rel)
     }
 
     async fn send(
         &self,
-        rel: &str,
+        rel: Option<&str>,
         method: Method,
         forward: impl Iterator<Item = (http::HeaderName, HeaderValue)>,
     ) -> Result<Response<hyper::body::Incoming>, Error> {
+        let (url, headers) = self.target.url(rel, &method)?;
         let mut req = Request::builder()
             .method(method)
-            .uri(upstream_url(&self.base, rel))
+            .uri(url)
             .body(Empty::new())
             .map_err(|e| Error::Internal(format!("building the upstream request: {e}")))?;
         let h = req.headers_mut();
         h.insert(USER_AGENT, HeaderValue::from_static(UA));
-        for (k, v) in &self.headers {
+        for (k, v) in headers {
             h.insert(k.clone(), v.clone());
         }
         for (k, v) in forward {
@@ -107,7 +149,7 @@ impl Mirror {
                     }
                     cause = c.source();
                 }
-                Err(Error::Upstream(UpstreamError::caused_by(shown_url(&self.base, rel), e)))
+                Err(Error::Upstream(UpstreamError::caused_by(self.shown(rel.unwrap_or("")), e)))
             }
             Ok(Ok(resp)) => Ok(resp),
         }
@@ -120,7 +162,7 @@ impl Upstream for Mirror {
         let forward = [RANGE, IF_RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE]
             .into_iter()
             .filter_map(|k| headers.get(&k).map(|v| (k, v.clone())));
-        let resp = self.send(rel, method.clone(), forward).await?;
+        let resp = self.send(Some(rel), method.clone(), forward).await?;
         let status = resp.status();
         match status {
             StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => {}
@@ -135,12 +177,7 @@ impl Upstream for Mirror {
                     .unwrap_or(0);
                 return Err(Error::RangeNotSatisfiable { size });
             }
-            other => {
-                return Err(Error::Upstream(UpstreamError::new(format!(
-                    "{}: status {other}",
-                    shown_url(&self.base, rel)
-                ))))
-            }
+            other => return Err(Error::Upstream(UpstreamError::new(format!("{}: status {other}", self.shown(rel))))),
         }
         let (parts, incoming) = resp.into_parts();
         let mut out = Response::new(if method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
@@ -172,17 +209,12 @@ impl Upstream for Mirror {
                     .and_then(|v| HeaderValue::from_str(v).ok())
                     .map(|v| (IF_MODIFIED_SINCE, v)),
             );
-        let resp = self.send(rel, Method::GET, forward).await?;
+        let resp = self.send(Some(rel), Method::GET, forward).await?;
         match resp.status() {
             StatusCode::NOT_MODIFIED if held.is_some() => return Ok(Refetch::Unchanged),
             StatusCode::OK => {}
             StatusCode::NOT_FOUND | StatusCode::GONE => return Err(Error::NotFound),
-            other => {
-                return Err(Error::Upstream(UpstreamError::new(format!(
-                    "{}: status {other}",
-                    shown_url(&self.base, rel)
-                ))))
-            }
+            other => return Err(Error::Upstream(UpstreamError::new(format!("{}: status {other}", self.shown(rel))))),
         }
         let h = resp.headers();
         let max_age = h
@@ -211,11 +243,11 @@ impl Upstream for Mirror {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(rel, self.max_document)),
             Err(e) if e.is::<Stalled>() => return Err(Error::UpstreamTimeout),
-            Err(e) => return Err(Error::Upstream(UpstreamError::caused_by(shown_url(&self.base, rel), e))),
+            Err(e) => return Err(Error::Upstream(UpstreamError::caused_by(self.shown(rel), e))),
         };
         // Without a validator the document is identified by its content.
         let validator = if validator.is_empty() { content_validator(&bytes) } else { validator };
-        Ok(Refetch::Changed(Document { bytes, validator, modified, max_age, stamp: None }))
+        Ok(Refetch::Changed(Document { bytes, validator, modified, max_age, stamp: None, validated: None }))
     }
 
     fn unchanged(&self, _rel: &str, _held: &Document) -> Option<Result<bool, Error>> {
@@ -223,7 +255,7 @@ impl Upstream for Mirror {
     }
 
     async fn probe(&self) -> Result<(), String> {
-        self.send("", Method::HEAD, std::iter::empty()).await.map(|_| ()).map_err(|e| chain(&e))
+        self.send(None, Method::HEAD, std::iter::empty()).await.map(|_| ()).map_err(|e| chain(&e))
     }
 }
 

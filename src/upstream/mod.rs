@@ -4,9 +4,11 @@
 //! a cache or another store can wrap or implement it without the conda code knowing. [`Upstreams`] opens one for each
 //! channel's configured source, sharing one pooled HTTP client.
 
+pub mod cache;
 pub mod dir;
 pub mod health;
 pub mod http;
+pub mod s3;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +36,18 @@ pub struct Document {
     pub max_age: Option<Duration>,
     /// For a local file: its modification time and size when read, to notice changes with one `stat`.
     pub stamp: Option<FileStamp>,
+    /// For a document from the upstream cache: when the upstream last confirmed it (seconds since the Unix epoch),
+    /// kept current by the cache's revalidations; responses carry the `Age` it implies.
+    pub validated: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Document {
+    /// For a document from the upstream cache: the seconds since the upstream last confirmed it, as `Age` says.
+    pub fn age(&self) -> Option<u64> {
+        let validated = self.validated.as_ref()?.load(std::sync::atomic::Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Some(now.saturating_sub(validated))
+    }
 }
 
 /// The result of asking for a document again.
@@ -64,6 +78,30 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
     async fn probe(&self) -> Result<(), String>;
 }
 
+/// An upstream that cannot be used (an S3 endpoint that cannot address a bucket): every request is a 502 that says
+/// why, and the probe reports it, rather than the configuration being refused at a reload.
+#[derive(Debug)]
+struct Unusable(String);
+
+#[async_trait]
+impl Upstream for Unusable {
+    async fn get(&self, _: &str, _: &Method, _: &HeaderMap) -> Result<Response<Body>, Error> {
+        Err(Error::Upstream(UpstreamError::new(self.0.clone())))
+    }
+
+    async fn document(&self, _: &str, _: Option<&str>) -> Result<Refetch, Error> {
+        Err(Error::Upstream(UpstreamError::new(self.0.clone())))
+    }
+
+    fn unchanged(&self, _: &str, _: &Document) -> Option<Result<bool, Error>> {
+        None
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        Err(self.0.clone())
+    }
+}
+
 /// The error for a document larger than the limit.
 fn too_large(rel: &str, max_document: u64) -> Error {
     Error::Upstream(UpstreamError::new(format!("{rel} is larger than upstream.max_document ({max_document} bytes)")))
@@ -75,25 +113,54 @@ pub struct Upstreams {
     pool: http::Pool,
     timeouts: UpstreamTimeouts,
     max_document: u64,
+    cache: Option<Arc<cache::Cache>>,
 }
 
 impl Upstreams {
     /// A client with the given timeouts that reads documents of at most `max_document` bytes.
     pub fn new(timeouts: UpstreamTimeouts, max_document: u64) -> Self {
-        Upstreams { pool: http::pool(timeouts), timeouts, max_document }
+        Upstreams { pool: http::pool(timeouts), timeouts, max_document, cache: None }
     }
 
-    /// The upstream of a configured source.
+    /// These upstreams with every remote one behind `cache`.
+    pub fn with_cache(mut self, cache: Arc<cache::Cache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The cache in front of remote upstreams, if one is set.
+    pub fn cache(&self) -> Option<&Arc<cache::Cache>> {
+        self.cache.as_ref()
+    }
+
+    /// The upstream of a configured source: behind the cache when it is remote and a cache is set.
     pub fn open(&self, source: &Source) -> Arc<dyn Upstream> {
+        let up = self.open_uncached(source);
+        match &self.cache {
+            Some(cache) if source.is_remote() => Arc::new(cache::Cached::new(up, Arc::clone(cache), source)),
+            _ => up,
+        }
+    }
+
+    /// The upstream of a configured source, without the cache.
+    pub fn open_uncached(&self, source: &Source) -> Arc<dyn Upstream> {
         match source {
             Source::Dir(root) => Arc::new(dir::Dir::new(root.clone(), self.max_document)),
             Source::Http { base, headers } => Arc::new(http::Mirror::new(
                 self.pool.clone(),
                 self.timeouts,
                 self.max_document,
-                base.clone(),
-                headers.clone(),
+                http::Target::Url { base: base.clone(), headers: headers.clone() },
             )),
+            Source::S3(s3) => match s3::Objects::new(s3) {
+                Ok(objects) => Arc::new(http::Mirror::new(
+                    self.pool.clone(),
+                    self.timeouts,
+                    self.max_document,
+                    http::Target::S3(Box::new(objects)),
+                )),
+                Err(why) => Arc::new(Unusable(why)),
+            },
         }
     }
 
