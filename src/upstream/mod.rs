@@ -36,7 +36,7 @@ pub struct Document {
     pub max_age: Option<Duration>,
     /// For a local file: its modification time and size when read, to notice changes with one `stat`.
     pub stamp: Option<FileStamp>,
-    /// For a document from the upstream cache: when the upstream last confirmed it (seconds since the Unix epoch),
+    /// For a document from the upstream cache: when the upstream last confirmed it (milliseconds since the Unix epoch),
     /// kept current by the cache's revalidations; responses carry the `Age` it implies.
     pub validated: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
@@ -45,8 +45,8 @@ impl Document {
     /// For a document from the upstream cache: the seconds since the upstream last confirmed it, as `Age` says.
     pub fn age(&self) -> Option<u64> {
         let validated = self.validated.as_ref()?.load(std::sync::atomic::Ordering::Relaxed);
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Some(now.saturating_sub(validated))
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Some(now.saturating_sub(validated) / 1000)
     }
 }
 

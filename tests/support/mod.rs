@@ -11,6 +11,7 @@
 pub mod binary;
 pub mod mirrors;
 pub mod postgres;
+pub mod seaweed;
 pub mod tls;
 pub mod venv;
 
@@ -277,6 +278,10 @@ pub enum Behaviour {
     Hang,
     /// Answer 500.
     Fail,
+    /// Serve files with one byte changed (the middle one), length and headers as for the real file.
+    Corrupt,
+    /// Close every connection at once, answering nothing: the mirror is gone.
+    Gone,
     /// Send the first half of the file, then nothing, forever, keeping the connection open.
     StallMidBody,
     /// Answer 200 with a body (no length) that never ends: 64 KiB chunks as fast as they are read.
@@ -321,15 +326,28 @@ impl Recorder {
                     r = listener.accept() => r.unwrap(),
                 };
                 let (root, seen, beh) = (root.clone(), Arc::clone(&seen2), Arc::clone(&beh2));
+                let beh_gone = Arc::clone(&beh2);
                 let pacing = pacing.clone();
+                if *beh_gone.lock().unwrap() == Behaviour::Gone {
+                    continue;
+                }
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (root, seen, beh) = (root.clone(), Arc::clone(&seen), Arc::clone(&beh));
                         let pacing = pacing.clone();
                         async move { Ok::<_, Infallible>(recorder_answer(&root, &seen, &beh, &pacing, req).await) }
                     });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    // A connection ends as soon as the mirror is to be gone, kept-alive ones included.
+                    let gone = async {
+                        while *beh_gone.lock().unwrap() != Behaviour::Gone {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = gone => {}
+                    }
                 });
             }
         });
@@ -387,6 +405,7 @@ async fn recorder_answer(
             return full(500, Bytes::new());
         }
         Behaviour::Fail => return full(500, Bytes::from_static(b"boom")),
+        Behaviour::Gone => return full(503, Bytes::new()),
         Behaviour::Endless => {
             let chunk = Bytes::from(vec![b' '; 65536]);
             let stream = futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(Frame::data(chunk.clone())));
@@ -442,6 +461,13 @@ async fn recorder_answer(
                 Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut on purpose")),
             ]);
             let mut r = Response::new(StreamBody::new(stream).boxed());
+            r.headers_mut().insert("content-length", len.into());
+            r
+        }
+        Behaviour::Corrupt if len > 0 => {
+            let mut bytes = data.to_vec();
+            bytes[len / 2] ^= 0x55;
+            let mut r = full(200, Bytes::from(bytes));
             r.headers_mut().insert("content-length", len.into());
             r
         }

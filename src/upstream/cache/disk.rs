@@ -123,5 +123,10 @@ impl Disk {
 
 /// Seconds since the Unix epoch, now.
 pub(super) fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    now_millis() / 1000
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(super) fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -12,14 +12,14 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::disk::{lock, now_secs, Disk};
+use super::disk::{lock, now_millis, Disk};
 use super::index::META;
 use crate::error::{chain, Error};
 use crate::upstream::{Document, Refetch, Upstream};
 
-/// How often a revalidation that found the document unchanged rewrites the sidecar: the time of the last
+/// How often (in milliseconds) a revalidation that found the document unchanged rewrites the sidecar: the time of the last
 /// validation on disk only serves `Age` after a restart.
-const META_EVERY: u64 = 60;
+const META_EVERY: u64 = 60_000;
 
 /// The documents held, by key, and the package digests read from them.
 #[derive(Debug)]
@@ -54,7 +54,8 @@ struct Meta {
     validator: String,
     modified: Option<u64>,
     max_age: Option<u64>,
-    validated: u64,
+    /// Milliseconds since the Unix epoch.
+    validated_ms: u64,
 }
 
 impl HeldDoc {
@@ -98,6 +99,7 @@ impl Docs {
         rel: &str,
     ) -> Result<Arc<HeldDoc>, Error> {
         if let Some(d) = self.in_memory(key) {
+            disk.touch(key);
             disk.stats.document_hits.fetch_add(1, Relaxed);
             return Ok(d);
         }
@@ -112,7 +114,7 @@ impl Docs {
         let Refetch::Changed(doc) = inner.document(rel, None).await? else {
             return Err(Error::Internal("the upstream called a document it was not asked about unchanged".into()));
         };
-        let d = HeldDoc::new(doc, now_secs());
+        let d = HeldDoc::new(doc, now_millis());
         store(disk, key, &d).await;
         lock(&self.held).insert(key.to_owned(), Arc::clone(&d));
         Ok(d)
@@ -128,8 +130,8 @@ impl Docs {
         rel: &str,
         held: &Arc<HeldDoc>,
     ) {
-        let fresh_for = held.doc.max_age.unwrap_or(self.recheck).as_secs().max(1);
-        if now_secs().saturating_sub(held.validated.load(Relaxed)) < fresh_for {
+        let fresh_for = held.doc.max_age.unwrap_or(self.recheck).as_millis() as u64;
+        if now_millis().saturating_sub(held.validated.load(Relaxed)) < fresh_for {
             return;
         }
         if held.revalidating.swap(true, Relaxed) {
@@ -141,7 +143,7 @@ impl Docs {
             disk.stats.fetches.fetch_add(1, Relaxed);
             match inner.document(&rel, Some(&held.doc.validator)).await {
                 Ok(Refetch::Unchanged) => {
-                    let now = now_secs();
+                    let now = now_millis();
                     held.validated.store(now, Relaxed);
                     if now.saturating_sub(held.meta_written.swap(now, Relaxed)) >= META_EVERY {
                         let (disk, key, meta) = (Arc::clone(&disk), key.clone(), meta_of(&held));
@@ -150,7 +152,7 @@ impl Docs {
                     recovered(&held, &rel);
                 }
                 Ok(Refetch::Changed(doc)) => {
-                    let fresh = HeldDoc::new(doc, now_secs());
+                    let fresh = HeldDoc::new(doc, now_millis());
                     store(&disk, &key, &fresh).await;
                     lock(&docs.held).insert(key.clone(), fresh);
                     recovered(&held, &rel);
@@ -234,7 +236,7 @@ fn meta_of(held: &HeldDoc) -> Meta {
         validator: held.doc.validator.clone(),
         modified: held.doc.modified.and_then(secs),
         max_age: held.doc.max_age.map(|d| d.as_secs()),
-        validated: held.validated.load(Relaxed),
+        validated_ms: held.validated.load(Relaxed),
     }
 }
 
@@ -282,5 +284,5 @@ fn read(disk: &Disk, key: &str) -> Option<Arc<HeldDoc>> {
         stamp: None,
         validated: None,
     };
-    Some(HeldDoc::new(doc, meta.validated))
+    Some(HeldDoc::new(doc, meta.validated_ms))
 }
