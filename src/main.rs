@@ -9,6 +9,7 @@ use condagate::config::Config;
 
 mod cli;
 
+use cli::cache::CacheCommand;
 use cli::store::StoreCommand;
 use cli::token::TokenCommand;
 use cli::DEFAULT_CONFIG;
@@ -46,6 +47,11 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Inspect, verify and prune the upstream cache (`upstream.cache`).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
     /// Show which channels, labels and packages a user can reach, and why.
     Explain {
@@ -100,6 +106,11 @@ fn main() -> ExitCode {
         },
         Command::Token { command } => current_thread(cli::token::run(command)),
         Command::Store { command } => current_thread(cli::store::run(command)),
+        Command::Cache { command } => match cli::cache::run(command) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Explain { config, user, channel } => current_thread(cli::token::explain(config, user, channel)),
     };
     match result {

@@ -408,3 +408,52 @@ async fn shards_are_verified_by_their_name() {
     assert!(get(&url, &[]).await.body == bytes);
     proxy.stop().await;
 }
+
+fn condagate(args: &[&str], config: &Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_condagate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("cannot run the condagate binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_can_see_verify_and_prune_the_cache() {
+    let (demo, rec) = cached_demo("1GiB", "5s").await;
+    let big = big_payload(200 << 10);
+    add_package(&mychan(&demo), "noarch", "alpha-9.0-0.conda", &big, true);
+    let alice = demo.token("alice", "alice", "conda:download");
+    let proxy = Proxy::start(demo.config()).await;
+    for file in ["repodata.json", "alpha-9.0-0.conda", "alpha-1.0-0.tar.bz2", "secretpkg-1.0-0.conda"] {
+        assert_eq!(get(&proxy.url(&format!("/t/{alice}/mychan/noarch/{file}")), &[]).await.status, 200, "{file}");
+    }
+    proxy.stop().await;
+    drop(rec);
+    let config = demo.config_path();
+
+    let (ok, text) = condagate(&["cache", "stats"], &config);
+    assert!(ok, "{text}");
+    assert!(text.contains("http://127.0.0.1:") && text.contains("/mychan"), "stats name the source: {text}");
+    assert!(text.contains("3 files, 1 documents"), "{text}");
+
+    let (ok, text) = condagate(&["cache", "verify"], &config);
+    assert!(ok && text.contains("3 files match their sha256"), "{text}");
+    let victim = cached_file(&demo, "noarch/alpha-1.0-0.tar.bz2").unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let (ok, text) = condagate(&["cache", "verify"], &config);
+    assert!(!ok, "a mismatch fails the command: {text}");
+    assert!(text.contains("MISMATCH, deleted") && text.contains("alpha-1.0-0.tar.bz2"), "{text}");
+    assert!(!victim.exists(), "the corrupted file is deleted");
+
+    let (ok, text) = condagate(&["cache", "prune", "--max-size", "100KiB"], &config);
+    assert!(ok, "{text}");
+    assert!(cached_file(&demo, "noarch/alpha-9.0-0.conda").is_none(), "the 200 KiB package cannot stay: {text}");
+    let (_, text) = condagate(&["cache", "stats"], &config);
+    let held: u64 = text.split(": ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(held <= 100 << 10, "{text}");
+}

@@ -270,9 +270,59 @@ async fn repodata_mentions(base: &str, headers: &[(&str, &str)], needle: &str, p
 // ---------------------------------------------------------------------------------------------------------------
 
 /// (a)–(e) for one client mode, then checks that nothing bob received mentions the hidden package.
-async fn scenarios(mode: &str) {
-    let Some(python) = venv::python(venv::RATTLER).await else { return };
+/// Where the demo channels come from in a scenario run.
+#[derive(Debug, Clone, Copy)]
+enum Through {
+    /// The shipped local-folder upstream.
+    Dir,
+    /// An HTTP mirror behind the upstream cache.
+    CachedMirror,
+    /// An S3 bucket (SeaweedFS), behind the upstream cache or not.
+    S3 { cached: bool },
+}
+
+/// The demo, with its channels served the way `through` says, and the servers that serve them.
+struct Setup {
+    demo: Demo,
+    _mirror: Option<Recorder>,
+    _s3: Option<seaweed::S3Server>,
+}
+
+async fn setup(through: Through) -> Option<Setup> {
     let demo = Demo::new();
+    let cache = r#"cache = { dir = "cache", max_size = "1GiB" }"#;
+    let (upstream, mirror, s3) = match through {
+        Through::Dir => return Some(Setup { demo, _mirror: None, _s3: None }),
+        Through::CachedMirror => {
+            let rec = Recorder::start(demo.path().join("channels")).await;
+            (format!("[upstream]\nurl = \"{}\"\n{cache}", rec.url()), Some(rec), None)
+        }
+        Through::S3 { cached } => {
+            let server = seaweed::S3Server::start().await?;
+            server.create_bucket("conda").await;
+            server.put_tree("conda", "channels", &demo.path().join("channels")).await;
+            std::fs::write(demo.path().join("s3-key"), seaweed::KEY).unwrap();
+            std::fs::write(demo.path().join("s3-secret"), seaweed::SECRET).unwrap();
+            let s3 = format!(
+                "s3 = {{ bucket = \"conda\", prefix = \"channels\", endpoint = \"{}\", \
+                 access_key_id_file = \"s3-key\", secret_access_key_file = \"s3-secret\" }}",
+                server.endpoint
+            );
+            (format!("[upstream]\n{s3}\n{}", if cached { cache } else { "" }), None, Some(server))
+        }
+    };
+    std::fs::write(demo.config_path(), demo_config_text(&upstream, "")).unwrap();
+    Some(Setup { demo, _mirror: mirror, _s3: s3 })
+}
+
+async fn scenarios(mode: &str) {
+    scenarios_through(mode, Through::Dir).await;
+}
+
+async fn scenarios_through(mode: &str, through: Through) {
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
+    let Some(setup) = setup(through).await else { return };
+    let demo = &setup.demo;
     let bob = demo.token("bob-e2e", "bob", "conda:download");
     let alice = demo.token("alice-e2e", "alice", "conda:download");
     let dave = demo.token("dave-e2e", "dave", "conda:download");
@@ -337,7 +387,14 @@ async fn scenarios(mode: &str) {
         "alice's noarch/repodata.json should mention {SECRET}: {alice_forms:?}"
     );
 
-    eprintln!("e2e: [{mode}] all scenarios passed in {:.1?}", started.elapsed());
+    if matches!(through, Through::CachedMirror | Through::S3 { cached: true }) {
+        let stats = proxy.app.upstreams.cache().expect("a cache is configured").stats();
+        let filled = stats.filled_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let verified_failures = stats.verify_failures.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(filled > 0, "the installs went through the cache: packages were filled into it");
+        assert_eq!(verified_failures, 0, "every package and shard matched its expected sha256");
+    }
+    eprintln!("e2e: [{mode}] through {through:?}: all scenarios passed in {:.1?}", started.elapsed());
     proxy.stop().await;
 }
 
@@ -354,6 +411,24 @@ async fn zst_client_sees_its_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_client_sees_its_view() {
     scenarios("json").await;
+}
+
+/// The same installs with the channels on an HTTP mirror behind the upstream cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_through_the_upstream_cache() {
+    scenarios_through("sharded", Through::CachedMirror).await;
+}
+
+/// The same installs with the channels in an S3 bucket (SeaweedFS), read directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_from_an_s3_bucket() {
+    scenarios_through("zst", Through::S3 { cached: false }).await;
+}
+
+/// The same installs from the S3 bucket behind the upstream cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_from_an_s3_bucket_through_the_cache() {
+    scenarios_through("sharded", Through::S3 { cached: true }).await;
 }
 
 /// (f) A token made by the real `condagate token create` installs a package and its dependency.

@@ -1,5 +1,6 @@
 //! The `condagate` command's subcommands; `main.rs` parses the flags and calls one of them.
 
+pub mod cache;
 pub mod serve;
 pub mod store;
 pub mod token;

@@ -554,6 +554,62 @@ packages = ["[oops"]
     }
 
     #[test]
+    fn s3_sources_and_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), "AKID\n").unwrap();
+        std::fs::write(dir.path().join("s"), "sekrit\n").unwrap();
+        let text = r#"
+[upstream]
+s3 = { bucket = "conda", prefix = "/channels/", endpoint = "http://127.0.0.1:8333", access_key_id_file = "k", secret_access_key_file = "s" }
+cache = { dir = "cache", max_size = "2GiB" }
+[[channels]]
+name = "a"
+[[channels]]
+name = "b"
+upstream = { s3 = { bucket = "other", prefix = "x/y", region = "eu-west-1" } }
+"#;
+        let cfg = Config::from_toml_str(text, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let Source::S3(a) = &cfg.channels[0].source else { panic!("{:?}", cfg.channels[0].source) };
+        assert_eq!((a.bucket.as_str(), a.prefix.as_str(), a.path_style), ("conda", "channels/a", true));
+        let creds = a.credentials.as_ref().unwrap();
+        assert_eq!((creds.key_id.as_str(), creds.secret.as_str()), ("AKID", "sekrit"));
+        assert!(!format!("{cfg:?}").contains("sekrit") && !format!("{cfg:?}").contains("AKID"));
+        let Source::S3(b) = &cfg.channels[1].source else { panic!() };
+        assert_eq!(b.prefix, "x/y", "a channel's own prefix is its root");
+        assert_eq!((b.endpoint.as_str(), b.path_style), ("https://s3.eu-west-1.amazonaws.com", false));
+        assert_eq!(cfg.upstream_cache, Some(UpstreamCache { dir: dir.path().join("cache"), max_size: 2 << 30 }));
+        assert!(cfg.channels.iter().all(|c| c.source.is_remote()));
+    }
+
+    #[test]
+    fn s3_and_cache_problems_name_their_keys() {
+        let text = r#"
+[upstream]
+dir = "x"
+cache = { max_size = "lots" }
+[[channels]]
+name = "a"
+upstream = { s3 = { bucket = "No_Such", prefix = "a/../b", endpoint = "ftp://x", access_key_id_file = "missing" } }
+[[channels]]
+name = "b"
+upstream = { url = "http://m", s3 = { bucket = "conda" }, cache = { dir = "c" } }
+"#;
+        let err = Config::from_toml_str(text, Path::new("/nonexistent")).unwrap_err();
+        let all = err.problems.join("\n");
+        for want in [
+            "upstream.cache.dir: is missing",
+            "channels[0].upstream.s3.bucket: \"No_Such\"",
+            "channels[0].upstream.s3.prefix: \"a/../b\"",
+            "channels[0].upstream.s3.endpoint: \"ftp://x\"",
+            "channels[0].upstream.s3.access_key_id_file: /nonexistent/missing",
+            "channels[0].upstream.s3: set both access_key_id_file and secret_access_key_file",
+            "channels[1].upstream: set one of dir, url and s3",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_toml_str("[server]\nlisten_addr = 'x'\n", Path::new(".")).unwrap_err();
         assert!(err.problems[0].contains("listen_addr"), "{err}");

@@ -53,7 +53,7 @@ impl Disk {
     /// call it off the serving threads.
     pub fn open(root: &Path, max_size: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
-        let found = index::scan(root)?;
+        let found = index::scan(root, true)?;
         let mut idx = Index::default();
         let mut evicted = Vec::new();
         for f in found {

@@ -202,6 +202,11 @@ fn recovered(held: &HeldDoc, rel: &str) {
 }
 
 impl Shas {
+    /// The sha256 of package file `name`, if listed.
+    pub fn get(&self, name: &str) -> Option<[u8; 32]> {
+        self.by_name.get(name).copied()
+    }
+
     /// Reads the `sha256` of every record of a `repodata.json`; `None` when it is not JSON of that shape.
     pub fn parse(bytes: &Bytes, validator: String) -> Option<Self> {
         #[derive(Deserialize)]

@@ -98,14 +98,17 @@ pub struct Found {
     pub modified: SystemTime,
 }
 
-/// Every cached file below `root`, oldest first, after emptying the partial folder. Sidecars are counted with their
-/// document, and `SOURCE` files are not counted.
-pub fn scan(root: &Path) -> std::io::Result<Vec<Found>> {
+/// Every cached file below `root`, oldest first; with `clear_partial` (at a server's start), after emptying the
+/// partial folder. Sidecars are counted with their document, and `SOURCE` files are not counted; sidecars without a
+/// document are deleted.
+pub fn scan(root: &Path, clear_partial: bool) -> std::io::Result<Vec<Found>> {
     let partial = root.join(PARTIAL);
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial)?;
+    if clear_partial {
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)?;
+        }
+        std::fs::create_dir_all(&partial)?;
     }
-    std::fs::create_dir_all(&partial)?;
     let mut found: HashMap<String, Found> = HashMap::new();
     let mut sidecars: Vec<(String, u64)> = Vec::new();
     let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];
@@ -185,7 +188,7 @@ mod tests {
         std::fs::write(root.join("abc/noarch/orphan.json.meta"), b"1234").unwrap();
         std::fs::write(root.join("abc/noarch/a-1-0.conda"), b"12345").unwrap();
         std::fs::write(root.join("abc").join(SOURCE), b"http://m/c").unwrap();
-        let mut found = scan(root).unwrap();
+        let mut found = scan(root, true).unwrap();
         found.sort_by(|a, b| a.key.cmp(&b.key));
         let got: Vec<(&str, u64)> = found.iter().map(|f| (f.key.as_str(), f.size)).collect();
         assert_eq!(got, [("abc/noarch/a-1-0.conda", 5), ("abc/noarch/repodata.json", 6)]);

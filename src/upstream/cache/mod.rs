@@ -18,6 +18,7 @@ pub mod disk;
 pub mod docs;
 pub mod fill;
 pub mod index;
+pub mod ops;
 
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
