@@ -4,6 +4,8 @@
 //! The mirror is the test [`Recorder`]: a real HTTP server over a copy of the demo channels that counts every request
 //! and can stall, fail, corrupt bytes or disappear on demand, which a real mirror cannot be made to do.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::path::{Path, PathBuf};

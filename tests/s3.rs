@@ -2,6 +2,8 @@
 //! requests, streamed and ranged GETs, revalidation, refusals that name no secret, and object keys that never leave
 //! the channel's prefix however the path is encoded.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod support;
 
 use std::time::Duration;
