@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
+mod upstream_cache;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,10 +35,13 @@ struct Opts {
     connections: usize,
     rounds: usize,
     urls: Vec<String>,
+    /// `--only cache`: only the upstream-cache section.
+    only_cache: bool,
 }
 
 fn parse_opts() -> Opts {
-    let mut o = Opts { duration: Duration::from_secs(5), connections: 64, rounds: 5, urls: Vec::new() };
+    let mut o =
+        Opts { duration: Duration::from_secs(5), connections: 64, rounds: 5, urls: Vec::new(), only_cache: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -48,6 +52,7 @@ fn parse_opts() -> Opts {
             "--connections" => o.connections = args.next().and_then(|v| v.parse().ok()).expect("--connections N"),
             "--rounds" => o.rounds = args.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             "--url" => o.urls.push(args.next().expect("--url URL")),
+            "--only" => o.only_cache = args.next().expect("--only cache") == "cache",
             // cargo bench passes --bench; anything else unknown is ignored the same way.
             _ => {}
         }
@@ -625,6 +630,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     build_channel(root);
+    upstream_cache::prepare(root);
     let cfg = root.join("condagate.toml");
     std::fs::write(&cfg, config_text("[upstream]\ndir = \"channels\"")).unwrap();
     let alice = token(&cfg, "alice", "alice");
@@ -638,6 +644,16 @@ fn main() {
     let full_view = u(&alice, "priv/linux-64/repodata.json");
     let restricted = u(&bob, "priv/linux-64/repodata.json");
     let small_view = u(&carol, "priv/linux-64/repodata.json");
+
+    if o.only_cache {
+        let (Some(_), Some(_)) = (which("nginx"), which("wrk")) else {
+            panic!("the cache section needs nginx and wrk (apt-get install nginx-light wrk)");
+        };
+        for (what, v) in upstream_cache::run(&o, root, &alice, &big, pid) {
+            println!("  {what:<70} {v:.2}");
+        }
+        return;
+    }
 
     // One download of a 1 GiB (sparse) file: how much does streaming it add to the peak RSS?
     let huge = root.join("channels/pub/noarch/huge-1.0-0.tar.bz2");
@@ -745,4 +761,8 @@ fn main() {
         peak_rss_mib(cg_http.0.id())
     );
     drop(nginx);
+    println!();
+    for (what, v) in upstream_cache::run(&o, root, &alice, &big, pid) {
+        println!("  {what:<70} {v:.2}");
+    }
 }

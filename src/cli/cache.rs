@@ -26,8 +26,8 @@ pub enum CacheCommand {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Delete the folders of sources no channel uses any more, then the least recently modified files beyond the
-    /// size bound.
+    /// Delete the folders of sources no channel uses any more, then the least recently used files (by access time)
+    /// beyond the size bound.
     Prune {
         /// Configuration file (its upstream.cache).
         #[arg(long, default_value = DEFAULT_CONFIG)]

@@ -49,7 +49,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Disk {
     /// Opens the cache in `root` (created if missing): partial files from an earlier run are deleted, the index is
-    /// rebuilt from the folder (use order from modification times), and files beyond `max_size` are evicted. Blocks:
+    /// rebuilt from the folder (use order from access times), and files beyond `max_size` are evicted. Blocks:
     /// call it off the serving threads.
     pub fn open(root: &Path, max_size: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;

@@ -216,7 +216,10 @@ async fn commit(
     }
     let (disk, key, f, partial) = (Arc::clone(&job.disk), job.key.clone(), Arc::clone(file), partial.to_path_buf());
     blocking(move || {
-        f.set_modified(modified)?;
+        // The modification time keeps the ETag served while filling; the access time is when it was cached, which
+        // orders eviction after a restart (with relatime the kernel moves it on when the file is read again, at
+        // most daily).
+        f.set_times(std::fs::FileTimes::new().set_modified(modified).set_accessed(SystemTime::now()))?;
         f.sync_data()?;
         let path = disk.path(&key);
         if let Some(parent) = path.parent() {

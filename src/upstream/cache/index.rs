@@ -94,8 +94,9 @@ pub struct Found {
     pub key: String,
     /// Its bytes, with its sidecar's.
     pub size: u64,
-    /// Its modification time: the order of use is rebuilt from it.
-    pub modified: SystemTime,
+    /// Its access time (for a package: when it was cached, moved on by reads at most daily under relatime), or
+    /// its modification time: the order of use is rebuilt from it.
+    pub used: SystemTime,
 }
 
 /// Every cached file below `root`, oldest first; with `clear_partial` (at a server's start), after emptying the
@@ -133,8 +134,8 @@ pub fn scan(root: &Path, clear_partial: bool) -> std::io::Result<Vec<Found>> {
                 sidecars.push((doc.to_owned(), meta.len()));
                 continue;
             }
-            let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            found.insert(key.clone(), Found { key, size: meta.len(), modified });
+            let used = meta.accessed().or_else(|_| meta.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+            found.insert(key.clone(), Found { key, size: meta.len(), used });
         }
     }
     for (doc, len) in sidecars {
@@ -147,7 +148,7 @@ pub fn scan(root: &Path, clear_partial: bool) -> std::io::Result<Vec<Found>> {
         }
     }
     let mut found: Vec<Found> = found.into_values().collect();
-    found.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.key.cmp(&b.key)));
+    found.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.key.cmp(&b.key)));
     Ok(found)
 }
 

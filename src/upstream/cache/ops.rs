@@ -113,13 +113,13 @@ pub fn verify(root: &Path) -> std::io::Result<Verified> {
 pub struct Pruned {
     /// Folders of sources no configured channel uses any more, deleted whole.
     pub unused_sources: Vec<String>,
-    /// Files evicted, least recently modified first, to get within the size.
+    /// Files evicted, least recently used first (by access time), to get within the size.
     pub evicted: usize,
     /// Bytes freed by both.
     pub freed: u64,
 }
 
-/// Deletes the folders of sources not in `keep`, then the least recently modified files until at most `max_size`
+/// Deletes the folders of sources not in `keep`, then the least recently used files (by access time) until at most `max_size`
 /// bytes are held.
 pub fn prune(root: &Path, keep: &HashSet<String>, max_size: u64) -> std::io::Result<Pruned> {
     let mut out = Pruned::default();
