@@ -715,3 +715,36 @@ async fn label_dev_for_dave_shows_only_alpha_and_beta() {
     bob.never_saw(b"secretpkg");
     p.stop().await;
 }
+
+/// A `touch`, or a re-sync writing the same bytes, changes the file's stamp but not its content: no view is rendered
+/// again, and every ETag a client holds stays valid. A real change still makes new views.
+#[tokio::test]
+async fn the_same_bytes_under_a_new_stamp_render_nothing_again() {
+    let demo = Demo::with("[upstream]\ndir = \"channels\"\nrecheck = \"0s\"", "");
+    let (alice, bob) = (Who::new(&demo, "alice"), Who::new(&demo, "bob"));
+    let p = Proxy::start(demo.config()).await;
+    let json = "/mychan/noarch/repodata.json";
+    let zst = "/mychan/noarch/repodata.json.zst";
+    let e_bob = bob.get(&p, json).await.header("etag").unwrap().to_owned();
+    let e_zst = bob.get(&p, zst).await.header("etag").unwrap().to_owned();
+    let e_alice = alice.get(&p, json).await.header("etag").unwrap().to_owned();
+    let (_, misses) = cache_counts(&p).await;
+
+    let same = file(&demo, "mychan/noarch/repodata.json");
+    for bump in [10, 20] {
+        rewrite(&demo, "mychan/noarch/repodata.json", &same, bump);
+        assert_eq!(bob.get_with(&p, json, &[("if-none-match", &e_bob)]).await.status, 304, "bob's ETag after a touch");
+        assert_eq!(bob.get_with(&p, zst, &[("if-none-match", &e_zst)]).await.status, 304);
+        assert_eq!(alice.get(&p, json).await.header("etag"), Some(e_alice.as_str()), "the full file's ETag");
+        assert_eq!(cache_counts(&p).await.1, misses, "a touch rendered a view again");
+    }
+
+    let mut doc = json_file(&demo, "mychan/noarch/repodata.json");
+    doc["packages"].as_object_mut().unwrap().remove("beta-1.0-0.tar.bz2");
+    rewrite(&demo, "mychan/noarch/repodata.json", &serde_json::to_vec(&doc).unwrap(), 30);
+    let changed = bob.get_with(&p, json, &[("if-none-match", &e_bob)]).await;
+    assert_eq!(changed.status, 200, "a real change is a new view");
+    check_view(&changed.json(), &doc, &["alpha-1.0-0.tar.bz2"], &BOB_CONDA, "after the change");
+    assert_eq!(cache_counts(&p).await.1, misses + 1.0);
+    p.stop().await;
+}

@@ -67,7 +67,11 @@ impl Weighter<ViewKey, Arc<Rendered>> for ByBytes {
 
 /// An upstream document as last fetched, and what was derived from it.
 struct Held {
+    /// The document as last fetched: its validator is what the upstream is asked with.
     doc: Document,
+    /// The validator of the first fetch of these bytes: views are keyed by it and answered with the ETag it makes,
+    /// so a new validator for the same bytes (a `touch`) changes neither.
+    generation: String,
     /// Where it came from: a reload may point a channel elsewhere.
     source: Source,
     /// The upstream's validators, as served for a full view.
@@ -90,12 +94,44 @@ pub struct Views {
     loading: DashMap<(String, String), Arc<Gate>>,
     /// Bounds the documents fetched and parsed at once, whatever their number: each may be hundreds of megabytes.
     loads: tokio::sync::Semaphore,
+    /// Bounds the views rendered at once (one per core): each holds its output until it is cached, so cold renders
+    /// of many distinct permission sets add at most this many views' bytes at a time.
+    renders: tokio::sync::Semaphore,
     hits: AtomicU64,
     misses: AtomicU64,
     /// How long a held document is trusted without asking the upstream (`upstream.recheck`).
     recheck: Duration,
     /// What `Held::checked` counts from.
     epoch: Instant,
+}
+
+/// What a fetched document turned out to be.
+enum Parsed {
+    /// The bytes of the version held: only its stamp or validator moved.
+    Same(Document, Arc<Held>),
+    /// A new version, scanned (and, for a shard index, decoded).
+    New {
+        doc: Document,
+        absolute_base_url: bool,
+        shard_names: Option<Arc<std::collections::HashMap<[u8; 32], String>>>,
+        index: Option<Arc<ShardIndex>>,
+    },
+}
+
+/// Compares a fetched document with the version held and scans a new one. Blocking: a large document takes a pass
+/// over hundreds of megabytes.
+fn parse(doc: Document, previous: Option<Arc<Held>>, channel: &str, rel: &str) -> Result<Parsed, Error> {
+    if let Some(previous) = previous.filter(|p| p.doc.bytes == doc.bytes) {
+        return Ok(Parsed::Same(doc, previous));
+    }
+    let bad = |e: String| Error::Upstream(UpstreamError::caused_by(format!("{channel}: {rel}"), e));
+    if rel.ends_with("repodata_shards.msgpack.zst") {
+        let idx = ShardIndex::decode(&doc.bytes).map_err(|e| bad(e.to_string()))?;
+        let (abs, names) = (idx.has_absolute_urls(), Some(Arc::new(idx.names_by_hash())));
+        return Ok(Parsed::New { doc, absolute_base_url: abs, shard_names: names, index: Some(Arc::new(idx)) });
+    }
+    let abs = filter::has_absolute_base_url(&doc.bytes).map_err(|e| bad(e.to_string()))?;
+    Ok(Parsed::New { doc, absolute_base_url: abs, shard_names: None, index: None })
 }
 
 /// Documents fetched and parsed at once, at most.
@@ -167,6 +203,7 @@ impl Views {
             epoch: Instant::now(),
             loading: DashMap::new(),
             loads: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS),
+            renders: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             recheck,
@@ -232,27 +269,42 @@ impl Views {
                 Ok(h)
             }
             Ok(Refetch::Changed(doc)) => {
-                let (absolute_base_url, shard_names, index) = if rel.ends_with("repodata_shards.msgpack.zst") {
-                    let idx = ShardIndex::decode(&doc.bytes).map_err(|e| {
-                        Error::Upstream(UpstreamError::caused_by(format!("{}: {rel}", channel.name), e))
-                    })?;
-                    (idx.has_absolute_urls(), Some(Arc::new(idx.names_by_hash())), Some(Arc::new(idx)))
-                } else {
-                    let abs = filter::has_absolute_base_url(&doc.bytes).map_err(|e| {
-                        Error::Upstream(UpstreamError::caused_by(format!("{}: {rel}", channel.name), e))
-                    })?;
-                    (abs, None, None)
+                // Comparing, scanning and decoding walk the whole document: off the serving threads.
+                let (previous, name, path) = (held.clone(), channel.name.clone(), rel.to_owned());
+                let parsed = tokio::task::spawn_blocking(move || parse(doc, previous, &name, &path))
+                    .await
+                    .map_err(|e| Error::Internal(format!("document task: {e}")))??;
+                let held = match parsed {
+                    Parsed::Same(doc, previous) => {
+                        // The same bytes under a new stamp or validator (a `touch`, a re-sync writing the same file):
+                        // the previous generation stays, with its ETag, so every view made from it stays too; the
+                        // upstream is asked with the new validator from now on.
+                        Arc::new(Held {
+                            generation: previous.generation.clone(),
+                            doc,
+                            source: channel.source.clone(),
+                            validators: previous.validators.clone(),
+                            checked: AtomicU64::new(self.now()),
+                            absolute_base_url: previous.absolute_base_url,
+                            shard_names: previous.shard_names.clone(),
+                            index: previous.index.clone(),
+                        })
+                    }
+                    Parsed::New { doc, absolute_base_url, shard_names, index } => {
+                        let validators =
+                            Validators::new(&quoted_etag(&doc.validator), doc.modified).map_err(bad_etag)?;
+                        Arc::new(Held {
+                            generation: doc.validator.clone(),
+                            doc,
+                            source: channel.source.clone(),
+                            validators,
+                            checked: AtomicU64::new(self.now()),
+                            absolute_base_url,
+                            shard_names,
+                            index,
+                        })
+                    }
                 };
-                let validators = Validators::new(&quoted_etag(&doc.validator), doc.modified).map_err(bad_etag)?;
-                let held = Arc::new(Held {
-                    doc,
-                    source: channel.source.clone(),
-                    validators,
-                    checked: AtomicU64::new(self.now()),
-                    absolute_base_url,
-                    shard_names,
-                    index,
-                });
                 self.docs.rcu(|docs| {
                     let mut docs = Docs::clone(docs);
                     docs.entry(channel.name.clone()).or_default().insert(rel.to_owned(), Arc::clone(&held));
@@ -385,7 +437,7 @@ impl Views {
         let key = ViewKey {
             channel: channel.name.clone(),
             source: source.into_owned(),
-            validator: held.doc.validator.clone(),
+            validator: held.generation.clone(),
             form,
             fingerprint,
         };
@@ -396,6 +448,8 @@ impl Views {
             }
             Err(guard) => {
                 self.misses.fetch_add(1, Relaxed);
+                let _turn =
+                    self.renders.acquire().await.map_err(|_| Error::Internal("the render bound is closed".into()))?;
                 let r = Arc::new(Box::pin(render(&held, &key, view)).await?);
                 let _ = guard.insert(Arc::clone(&r));
                 r
