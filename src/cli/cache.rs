@@ -42,21 +42,6 @@ fn cache_of(config: &Config) -> anyhow::Result<condagate::config::UpstreamCache>
     config.upstream_cache.clone().context("this configuration has no [upstream.cache]")
 }
 
-fn size(text: &str) -> anyhow::Result<u64> {
-    let t = text.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    let n: u64 = t[..digits].parse().with_context(|| format!("{text:?} is not a size"))?;
-    let unit: u64 = match t[digits..].trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        other => anyhow::bail!("{other:?} is not a unit (B, KiB, MiB, GiB, TiB)"),
-    };
-    n.checked_mul(unit).context("the size is too large")
-}
-
 pub fn run(cmd: CacheCommand) -> anyhow::Result<bool> {
     match cmd {
         CacheCommand::Stats { config } => {
@@ -91,7 +76,12 @@ pub fn run(cmd: CacheCommand) -> anyhow::Result<bool> {
         CacheCommand::Prune { config, max_size } => {
             let config = load_config(&config)?;
             let c = cache_of(&config)?;
-            let bound = max_size.as_deref().map(size).transpose()?.unwrap_or(c.max_size);
+            let bound = match max_size.as_deref() {
+                Some(t) => condagate::config::parse_size(t).with_context(|| {
+                    format!("--max-size {t:?} is not a size like \"10GiB\", \"500MiB\" or a number")
+                })?,
+                None => c.max_size,
+            };
             let keep: HashSet<String> =
                 config.channels.iter().filter(|ch| ch.source.is_remote()).map(|ch| cache::area(&ch.source)).collect();
             let p = ops::prune(&c.dir, &keep, bound).with_context(|| format!("pruning {}", c.dir.display()))?;

@@ -12,8 +12,9 @@ use http::{HeaderName, HeaderValue, Uri};
 use super::defaults as d;
 use super::raw::{RawChannel, RawConfig, RawGroup, RawS3, RawServer, RawThrottle, RawTls, RawUpstream};
 use super::{
-    redact_userinfo, valid_segment_name, Access, Channel, Config, Group, IpNet, LogFormat, Packages, PostgresConfig,
-    S3Credentials, S3Source, ServerConfig, Source, ThrottleConfig, TlsPaths, UpstreamCache, UpstreamTimeouts,
+    parse_size, redact_userinfo, valid_segment_name, Access, Channel, Config, Group, IpNet, LogFormat, Packages,
+    PostgresConfig, S3Credentials, S3Source, ServerConfig, Source, ThrottleConfig, TlsPaths, UpstreamCache,
+    UpstreamTimeouts,
 };
 use crate::names::name_problem;
 
@@ -76,27 +77,11 @@ impl Problems {
     }
 }
 
-/// A size: a number of bytes, or a string of digits with an optional unit (`B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`,
-/// `GB`).
+/// A size: a number of bytes, or a string [`parse_size`] reads.
 fn size(v: &toml::Value) -> Option<u64> {
     match v {
         toml::Value::Integer(n) => u64::try_from(*n).ok(),
-        toml::Value::String(s) => {
-            let s = s.trim();
-            let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-            let n: u64 = s[..digits].parse().ok()?;
-            let unit: u64 = match s[digits..].trim() {
-                "" | "B" => 1,
-                "KiB" => 1 << 10,
-                "MiB" => 1 << 20,
-                "GiB" => 1 << 30,
-                "KB" => 1_000,
-                "MB" => 1_000_000,
-                "GB" => 1_000_000_000,
-                _ => return None,
-            };
-            n.checked_mul(unit)
-        }
+        toml::Value::String(s) => parse_size(s),
         _ => None,
     }
 }

@@ -429,6 +429,25 @@ impl Config {
     }
 }
 
+/// A size written as digits and an optional unit (`B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`), in bytes; `None` when
+/// it is not one or overflows.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = s[..digits].parse().ok()?;
+    let unit: u64 = match s[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
 /// `url` with the user information of its authority (`user:password@`) replaced by `<redacted>@`.
 pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.into() };
