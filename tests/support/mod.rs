@@ -278,7 +278,8 @@ pub enum Behaviour {
     Hang,
     /// Answer 500.
     Fail,
-    /// Serve files with one byte changed (the middle one), length and headers as for the real file.
+    /// Serve files with one byte changed (the middle one), length and headers as for the real file, in 64 KiB
+    /// chunks that wait, after the first, while a test holds [`Recorder::hold`].
     Corrupt,
     /// Close every connection at once, answering nothing: the mirror is gone.
     Gone,
@@ -302,7 +303,8 @@ pub struct Recorder {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// Body chunks a [`Behaviour::Slow`] answer has handed to hyper so far (all requests together).
     pub chunks_sent: Arc<AtomicUsize>,
-    /// While a test holds this lock for writing, a [`Behaviour::Slow`] answer sends its first chunk and then waits
+    /// While a test holds this lock for writing, a [`Behaviour::Slow`] or [`Behaviour::Corrupt`] answer sends its
+    /// first chunk and then waits
     /// before each further one: a test can observe what the client got while the upstream still holds the rest.
     pub hold: Arc<tokio::sync::RwLock<()>>,
     stop: Option<oneshot::Sender<()>>,
@@ -467,7 +469,21 @@ async fn recorder_answer(
         Behaviour::Corrupt if len > 0 => {
             let mut bytes = data.to_vec();
             bytes[len / 2] ^= 0x55;
-            let mut r = full(200, Bytes::from(bytes));
+            let bytes = Bytes::from(bytes);
+            let chunks: Vec<Bytes> = (0..len).step_by(65536).map(|i| bytes.slice(i..(i + 65536).min(len))).collect();
+            let hold = Arc::clone(&pacing.hold);
+            let stream = futures_util::stream::unfold((chunks.into_iter(), 0usize), move |(mut it, i)| {
+                let hold = Arc::clone(&hold);
+                async move {
+                    let c = it.next()?;
+                    if i > 0 {
+                        // Blocks while a test holds the write side.
+                        let _g = hold.read().await;
+                    }
+                    Some((Ok::<_, std::io::Error>(Frame::data(c)), (it, i + 1)))
+                }
+            });
+            let mut r = Response::new(StreamBody::new(stream).boxed());
             r.headers_mut().insert("content-length", len.into());
             r
         }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::TryStreamExt;
+use futures_util::{FutureExt, TryStreamExt};
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -154,8 +154,9 @@ async fn write(job: &Job, progress: &watch::Sender<Progress>) -> Result<(), Erro
     result
 }
 
-/// Streams the upstream body into the partial file, publishing progress every chunk; returns the bytes written and
-/// their sha256.
+/// Streams the upstream body into the partial file, publishing progress as it goes; returns the bytes written and
+/// their sha256. Bytes are written in chunks of up to [`CHUNK`], and whenever the upstream has nothing more ready, so
+/// that readers of a slow upstream are not kept waiting for a chunk to fill.
 async fn copy(
     job: &Job,
     mut body: Body,
@@ -166,29 +167,46 @@ async fn copy(
     let mut pending = BytesMut::with_capacity(CHUNK);
     let mut written = 0u64;
     loop {
-        let frame = body.frame().await;
-        let end = frame.is_none();
-        if let Some(frame) = frame {
-            let frame = frame.map_err(|e| Error::Upstream(UpstreamError::caused_by(job.rel.clone(), e)))?;
-            if let Ok(data) = frame.into_data() {
-                hasher.update(&data);
-                pending.extend_from_slice(&data);
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                written = flush(job, file, progress, &mut pending, written).await?;
+                body.frame().await
             }
-        }
-        if pending.len() >= CHUNK || (end && !pending.is_empty()) {
-            let chunk = pending.split().freeze();
-            let n = chunk.len() as u64;
-            let f = Arc::clone(file);
-            let at = written;
-            blocking(move || f.write_all_at(&chunk, at)).await?;
-            written += n;
-            job.disk.stats.filled_bytes.fetch_add(n, Relaxed);
-            progress.send_modify(|p| p.written = written);
-        }
-        if end {
+        };
+        let Some(frame) = frame else {
+            written = flush(job, file, progress, &mut pending, written).await?;
             return Ok((written, hasher.finalize().into()));
+        };
+        let frame = frame.map_err(|e| Error::Upstream(UpstreamError::caused_by(job.rel.clone(), e)))?;
+        if let Ok(data) = frame.into_data() {
+            hasher.update(&data);
+            pending.extend_from_slice(&data);
+        }
+        if pending.len() >= CHUNK {
+            written = flush(job, file, progress, &mut pending, written).await?;
         }
     }
+}
+
+/// Writes what is pending at `written` and publishes the new length; returns it.
+async fn flush(
+    job: &Job,
+    file: &Arc<File>,
+    progress: &watch::Sender<Progress>,
+    pending: &mut BytesMut,
+    written: u64,
+) -> Result<u64, Error> {
+    if pending.is_empty() {
+        return Ok(written);
+    }
+    let chunk = pending.split().freeze();
+    let n = chunk.len() as u64;
+    let f = Arc::clone(file);
+    blocking(move || f.write_all_at(&chunk, written)).await?;
+    job.disk.stats.filled_bytes.fetch_add(n, Relaxed);
+    progress.send_modify(|p| p.written = written + n);
+    Ok(written + n)
 }
 
 /// Checks length and digest, then puts the file in place and counts it.
@@ -248,11 +266,13 @@ pub async fn respond(fill: &Fill, method: &Method, headers: &HeaderMap) -> Resul
     let head = loop {
         {
             let p = rx.borrow_and_update();
-            if let Some(h) = &p.head {
-                break Arc::clone(h);
-            }
+            // A fill already known to have failed is answered with its error rather than a head whose body would
+            // end at once.
             if let Some(Err(e)) = &p.outcome {
                 return Err(e.clone());
+            }
+            if let Some(h) = &p.head {
+                break Arc::clone(h);
             }
         }
         if rx.changed().await.is_err() {
