@@ -39,6 +39,7 @@ fn create_as_the_cli_does(config: &condagate::config::Config, name: &str, user: 
         scopes: vec!["conda:download".into()],
         expires: None,
         channels: None,
+        weak: false,
     };
     condagate::internals::tokens::issue::create(config, new, time::OffsetDateTime::now_utc()).unwrap();
 }

@@ -130,7 +130,7 @@ fn identify(
         .cloned()
 }
 
-fn need(who: &TokenRecord, scope: Scope) -> Result<(), ApiError> {
+pub(crate) fn need(who: &TokenRecord, scope: Scope) -> Result<(), ApiError> {
     if who.can_api(scope) {
         Ok(())
     } else {
@@ -138,7 +138,7 @@ fn need(who: &TokenRecord, scope: Scope) -> Result<(), ApiError> {
     }
 }
 
-fn token_json(r: &TokenRecord, now: OffsetDateTime) -> Value {
+pub(crate) fn token_json(r: &TokenRecord, now: OffsetDateTime) -> Value {
     json!({
         "id": short_id(r),
         "application": r.name,
@@ -157,7 +157,7 @@ fn token_json(r: &TokenRecord, now: OffsetDateTime) -> Value {
 }
 
 /// A short public identifier of a token record: the start of its digest (which is not secret).
-fn short_id(r: &TokenRecord) -> String {
+pub(crate) fn short_id(r: &TokenRecord) -> String {
     hex::encode(&r.digest.0[..6])
 }
 
@@ -173,7 +173,7 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
     serde_json::from_slice(&body).map_err(|e| err(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))
 }
 
-type Answer = Result<(StatusCode, Value), ApiError>;
+pub(crate) type Answer = Result<(StatusCode, Value), ApiError>;
 
 async fn route(
     app: &App,
@@ -243,25 +243,7 @@ async fn route(
         }
         (&Method::DELETE, ["authentications", "name", name]) => {
             need(&who, Scope::ApiWrite)?;
-            // A token narrowed to some channels cannot revoke a token that reaches further.
-            let broader = snap
-                .tokens
-                .records()
-                .iter()
-                .any(|r| r.user == who.user && *r.name == **name && r.revoked.is_none() && !within_reach(&who, r));
-            if broader {
-                return Err(err(
-                    StatusCode::FORBIDDEN,
-                    format!("the token {name:?} reaches channels this token does not"),
-                ));
-            }
-            // With the user given, the only refusal is "no such token": 404, and no hint whether another user has one.
-            let r = app.store.revoke(name, Some(&who.user), now).await.map_err(|e| match e {
-                StoreError::Refused(m) => err(StatusCode::NOT_FOUND, m),
-                other => ApiError::from(other),
-            })?;
-            reload_tokens(app).await;
-            Ok((StatusCode::CREATED, json!({"revoked": r.name})))
+            revoke(app, snap, &who, name, now).await
         }
         (&Method::GET, ["channels"]) => {
             need(&who, Scope::ApiRead)?;
@@ -294,32 +276,7 @@ async fn route(
         (m, ["channels", channel, "groups", group, what @ ("members" | "packages"), item])
             if *m == Method::PUT || *m == Method::DELETE =>
         {
-            need(&who, Scope::ApiModifyGroup)?;
-            if !who.reaches_channel(channel) {
-                return Err(err(StatusCode::FORBIDDEN, format!("this token does not reach channel {channel:?}")));
-            }
-            let owner = config.channel(channel).is_some_and(|c| c.owners.iter().any(|o| **o == *who.user));
-            if !owner {
-                return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
-            }
-            let add = *m == Method::PUT;
-            if app.store.is_shared() {
-                app.store.change_group(channel, group, what, item, add).await?;
-                reload_tokens(app).await;
-            } else {
-                let (cfg, edit) = (Arc::clone(config), [channel, group, what, item].map(|s| (*s).to_owned()));
-                tokio::task::spawn_blocking(move || {
-                    let [channel, group, what, item] = edit;
-                    groups::change(&cfg, &channel, &group, &what, &item, add)
-                })
-                .await
-                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("the group edit failed: {e}")))?
-                .map_err(|e| err(e.0, e.1))?;
-                app.reload_all()
-                    .await
-                    .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?;
-            }
-            Ok((StatusCode::OK, json!({"channel": channel, "group": group, *what: item, "added": add})))
+            change_group(app, config, &who, [channel, group, what, item], *m == Method::PUT).await
         }
         (_, ["user" | "authentication" | "authentications" | "channels" | "explain"])
         | (_, ["authentications", "name", _]) => Err(err(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")),
@@ -327,13 +284,76 @@ async fn route(
     }
 }
 
-async fn reload_tokens(app: &App) {
+pub(crate) async fn reload_tokens(app: &App) {
     if let Err(e) = app.reload_tokens().await {
         tracing::error!(error = %e, "reload after an admin change failed");
     }
 }
 
-async fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: OffsetDateTime) -> Answer {
+/// Revokes `who`'s token `name`, unless it reaches channels `who` does not. The API's and the web pages' way.
+pub(crate) async fn revoke(app: &App, snap: &Snapshot, who: &TokenRecord, name: &str, now: OffsetDateTime) -> Answer {
+    // A token narrowed to some channels cannot revoke a token that reaches further.
+    let broader = snap
+        .tokens
+        .records()
+        .iter()
+        .any(|r| r.user == who.user && *r.name == *name && r.revoked.is_none() && !within_reach(who, r));
+    if broader {
+        return Err(err(StatusCode::FORBIDDEN, format!("the token {name:?} reaches channels this token does not")));
+    }
+    // With the user given, the only refusal is "no such token": 404, and no hint whether another user has one.
+    let r = app.store.revoke(name, Some(&who.user), now).await.map_err(|e| match e {
+        StoreError::Refused(m) => err(StatusCode::NOT_FOUND, m),
+        other => ApiError::from(other),
+    })?;
+    reload_tokens(app).await;
+    Ok((StatusCode::CREATED, json!({"revoked": r.name})))
+}
+
+/// Adds (`add`) or removes `item` in the `members` or `packages` (`what`) of a group of a channel `who` owns. The
+/// API's and the web pages' way.
+pub(crate) async fn change_group(
+    app: &App,
+    config: &Arc<Config>,
+    who: &TokenRecord,
+    [channel, group, what, item]: [&str; 4],
+    add: bool,
+) -> Answer {
+    need(who, Scope::ApiModifyGroup)?;
+    if !who.reaches_channel(channel) {
+        return Err(err(StatusCode::FORBIDDEN, format!("this token does not reach channel {channel:?}")));
+    }
+    if !owns(config, who, channel) {
+        return Err(err(StatusCode::FORBIDDEN, format!("only the owners of {channel:?} change its groups")));
+    }
+    if what != "members" && what != "packages" {
+        return Err(err(StatusCode::NOT_FOUND, format!("a group has members and packages, not {what:?}")));
+    }
+    if app.store.is_shared() {
+        app.store.change_group(channel, group, what, item, add).await?;
+        reload_tokens(app).await;
+    } else {
+        let (cfg, edit) = (Arc::clone(config), [channel, group, what, item].map(str::to_owned));
+        tokio::task::spawn_blocking(move || {
+            let [channel, group, what, item] = edit;
+            groups::change(&cfg, &channel, &group, &what, &item, add)
+        })
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("the group edit failed: {e}")))?
+        .map_err(|e| err(e.0, e.1))?;
+        app.reload_all().await.map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}")))?;
+    }
+    Ok((StatusCode::OK, json!({"channel": channel, "group": group, what: item, "added": add})))
+}
+
+/// Whether `who`'s user is an owner of `channel`.
+pub(crate) fn owns(config: &Config, who: &TokenRecord, channel: &str) -> bool {
+    config.channel(channel).is_some_and(|c| c.owners.iter().any(|o| **o == *who.user))
+}
+
+/// Creates a token as `body` asks (the API's JSON, which the web pages build too), within `who`'s reach; the answer
+/// holds the secret under `token`, the only time it is shown.
+pub(crate) async fn create(app: &App, config: &Config, who: &TokenRecord, body: &Value, now: OffsetDateTime) -> Answer {
     let new = new_token_from_body(who, body, now)?;
     let (token, record) = issue::prepare(config, new, now)?;
     app.store.create(record.clone()).await?;
@@ -347,6 +367,11 @@ impl ApiError {
     /// The status this refusal is answered with.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// Why, in words for the person who asked.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -400,7 +425,15 @@ pub fn new_token_from_body(who: &TokenRecord, body: &Value, now: OffsetDateTime)
         (None, Some(mine)) => default.min(mine),
         (None, None) => default,
     };
-    let expires = Some(expires);
+    // The web pages' "never": only for a creating token that never expires itself.
+    let never = body.get("never_expires").and_then(Value::as_bool).unwrap_or(false);
+    if never && max_age.is_some() {
+        return Err(err(StatusCode::BAD_REQUEST, "max-age and never_expires contradict each other"));
+    }
+    if never && who.expires.is_some() {
+        return Err(err(StatusCode::FORBIDDEN, "this token expires; it cannot create a token that never does"));
+    }
+    let expires = (!never).then_some(expires);
     let asked = match body.get("channels") {
         None | Some(Value::Null) => None,
         Some(Value::Array(a)) => Some(
@@ -424,7 +457,15 @@ pub fn new_token_from_body(who: &TokenRecord, body: &Value, now: OffsetDateTime)
         (Some(asked), None) => Some(asked),
         (None, mine) => mine.clone(),
     };
-    Ok(NewToken { name: name.to_owned(), user: who.user.to_string(), scopes, expires, channels })
+    // anaconda-client's `--strength`: a weak token is shorter, for URLs typed by hand.
+    let weak = match body.get("strength").and_then(Value::as_str) {
+        None | Some("strong") => false,
+        Some("weak") => true,
+        Some(other) => {
+            return Err(err(StatusCode::BAD_REQUEST, format!("strength: {other:?} is neither \"strong\" nor \"weak\"")))
+        }
+    };
+    Ok(NewToken { name: name.to_owned(), user: who.user.to_string(), scopes, expires, channels, weak })
 }
 
 /// The longest `max-age` a token may be created with: ten years, in seconds.
@@ -447,7 +488,7 @@ fn browser_sendable(headers: &http::HeaderMap) -> bool {
 
 /// Whether everything `other` reaches, `who` reaches too: a token narrowed to some channels only sees and acts on
 /// tokens narrowed within them.
-fn within_reach(who: &TokenRecord, other: &TokenRecord) -> bool {
+pub(crate) fn within_reach(who: &TokenRecord, other: &TokenRecord) -> bool {
     match (&who.channels, &other.channels) {
         (None, _) => true,
         (Some(_), None) => false,
@@ -455,7 +496,7 @@ fn within_reach(who: &TokenRecord, other: &TokenRecord) -> bool {
     }
 }
 
-fn channels_json(config: &Config, who: &TokenRecord) -> Value {
+pub(crate) fn channels_json(config: &Config, who: &TokenRecord) -> Value {
     let user = &*who.user;
     let list: Vec<Value> = config
         .channels

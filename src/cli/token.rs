@@ -45,6 +45,9 @@ pub enum TokenCommand {
         /// Comma-separated channels the token is limited to.
         #[arg(long)]
         channels: Option<String>,
+        /// `strong` (160 random bits, the default) or `weak` (80 bits: shorter, for URLs typed by hand).
+        #[arg(long, default_value = "strong", value_parser = ["strong", "weak"])]
+        strength: String,
     },
     /// List tokens (never their secrets).
     List {
@@ -83,7 +86,7 @@ fn split_list(s: &str) -> Vec<String> {
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     match cmd {
-        TokenCommand::Create { config, name, user, scopes, expires_in, expires, no_expiry, channels } => {
+        TokenCommand::Create { config, name, user, scopes, expires_in, expires, no_expiry, channels, strength } => {
             let config = load_config(&config)?;
             let expires = if no_expiry {
                 None
@@ -108,6 +111,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 scopes: split_list(&scopes),
                 expires,
                 channels: channels.as_deref().map(split_list),
+                weak: strength == "weak",
             };
             let (token, record) = issue::prepare(&config, new, now)?;
             store::open(&config).await?.create(record.clone()).await?;

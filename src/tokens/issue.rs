@@ -24,6 +24,8 @@ pub struct NewToken {
     pub expires: Option<OffsetDateTime>,
     /// Channels it is limited to.
     pub channels: Option<Vec<String>>,
+    /// A shorter secret ([`Token::generate_weak`]) instead of the strong one.
+    pub weak: bool,
 }
 
 /// Parses scope names, refusing unknown ones with the list of valid ones.
@@ -60,7 +62,7 @@ pub fn prepare(config: &Config, new: NewToken, now: OffsetDateTime) -> Result<(T
             format_time(now)
         )));
     }
-    let token = Token::generate();
+    let token = if new.weak { Token::generate_weak() } else { Token::generate() };
     let record = TokenRecord {
         name: new.name.into(),
         user: new.user.into(),

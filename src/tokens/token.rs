@@ -41,7 +41,17 @@ impl Token {
 
     /// A new token: the fixed prefix and 160 bits from the operating system's CSPRNG, in base 62.
     pub fn generate() -> Self {
-        let mut raw = [0u8; 20];
+        Self::random::<20>()
+    }
+
+    /// A weak token: 80 random bits instead of 160, shorter to type (anaconda.org's `--strength weak`). Still far
+    /// beyond online guessing under the failure throttle, but not meant for long-lived, widely shared use.
+    pub fn generate_weak() -> Self {
+        Self::random::<10>()
+    }
+
+    fn random<const N: usize>() -> Self {
+        let mut raw = [0u8; N];
         getrandom::fill(&mut raw).expect("the operating system's random number generator failed");
         Token(format!("{TOKEN_PREFIX}{}", base62(&raw)))
     }

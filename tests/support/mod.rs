@@ -170,6 +170,7 @@ dir = "channels""#,
             scopes: scopes.split(' ').map(str::to_owned).collect(),
             expires,
             channels,
+            weak: false,
         };
         let (t, _) = issue::create(&self.config(), new, OffsetDateTime::now_utc()).unwrap();
         t.reveal().to_owned()
