@@ -154,6 +154,43 @@ async fn max_age_must_be_a_whole_number_of_seconds_within_ten_years() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strength_and_never_expires_are_checked() {
+    let demo = Demo::new();
+    let forever = demo.token_with("forever", "alice", "all api", None, None);
+    let year = Some(OffsetDateTime::now_utc() + time::Duration::days(365));
+    let mortal = demo.token_with("mortal", "alice", "all api", year, None);
+    let p = Proxy::start(demo.config()).await;
+    let url = p.url("/api/authentications");
+    let make = |token: &str, extra: Value| {
+        let mut body = json!({"name": format!("t{}", extra), "scopes": ["conda:download"]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (url, token) = (url.clone(), token.to_owned());
+        async move { api("POST", &url, &token, Some(body)).await }
+    };
+    let strong = make(&forever, json!({"strength": "strong"})).await;
+    let weak = make(&forever, json!({"strength": "weak"})).await;
+    assert!(strong.status == 200 && weak.status == 200, "{} {}", strong.text(), weak.text());
+    let secret = |g: &Got| serde_json::from_slice::<Value>(&g.body).unwrap()["token"].as_str().unwrap().to_owned();
+    let (strong, weak) = (secret(&strong), secret(&weak));
+    assert!(weak.len() < strong.len(), "a weak token is shorter: {weak:?} vs {strong:?}");
+    let works = get(&p.url(&format!("/t/{weak}/mychan/noarch/repodata.json")), &[]).await;
+    assert_eq!(works.status, 200, "a weak token is still a token");
+    for bad in [json!({"strength": "medium"}), json!({"strength": 1}), json!({"never_expires": "yes"})] {
+        let g = make(&forever, bad.clone()).await;
+        assert_eq!(g.status, 400, "{bad}: {}", g.text());
+    }
+    let never = make(&forever, json!({"never_expires": true})).await;
+    assert_eq!(never.status, 200, "{}", never.text());
+    let made = p.app.snapshot().tokens.records().iter().find(|r| r.name.contains("never_expires")).cloned().unwrap();
+    assert_eq!(made.expires, None, "never_expires makes a token without an expiry");
+    let g = make(&mortal, json!({"never_expires": true})).await;
+    assert_eq!(g.status, 403, "a token that expires cannot make one that never does: {}", g.text());
+    let g = make(&forever, json!({"never_expires": true, "max-age": 60})).await;
+    assert_eq!(g.status, 400, "{}", g.text());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_would_make_listings_lie_are_refused() {
     let demo = Demo::new();
     let admin = demo.token_with("admin", "alice", "all api", None, None);

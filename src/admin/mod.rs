@@ -426,7 +426,11 @@ pub fn new_token_from_body(who: &TokenRecord, body: &Value, now: OffsetDateTime)
         (None, None) => default,
     };
     // The web pages' "never": only for a creating token that never expires itself.
-    let never = body.get("never_expires").and_then(Value::as_bool).unwrap_or(false);
+    let never = match body.get("never_expires") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(err(StatusCode::BAD_REQUEST, "never_expires must be true or false")),
+    };
     if never && max_age.is_some() {
         return Err(err(StatusCode::BAD_REQUEST, "max-age and never_expires contradict each other"));
     }
@@ -458,11 +462,12 @@ pub fn new_token_from_body(who: &TokenRecord, body: &Value, now: OffsetDateTime)
         (None, mine) => mine.clone(),
     };
     // anaconda-client's `--strength`: a weak token is shorter, for URLs typed by hand.
-    let weak = match body.get("strength").and_then(Value::as_str) {
-        None | Some("strong") => false,
-        Some("weak") => true,
+    let weak = match body.get("strength") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "strong" => false,
+        Some(Value::String(s)) if s == "weak" => true,
         Some(other) => {
-            return Err(err(StatusCode::BAD_REQUEST, format!("strength: {other:?} is neither \"strong\" nor \"weak\"")))
+            return Err(err(StatusCode::BAD_REQUEST, format!("strength: {other} is neither \"strong\" nor \"weak\"")))
         }
     };
     Ok(NewToken { name: name.to_owned(), user: who.user.to_string(), scopes, expires, channels, weak })
