@@ -163,6 +163,8 @@ pub struct App {
     pub health: Arc<UpstreamHealth>,
     /// The clock token expiry is judged by.
     pub clock: Clock,
+    /// Signed-in browsers of the token pages.
+    pub sessions: crate::web::session::Sessions,
     updates: tokio::sync::Mutex<()>,
     status: Mutex<ReloadStatus>,
     /// Test support: a request for exactly this path, which must be one condagate does not serve, panics in its
@@ -220,6 +222,7 @@ impl App {
             tls,
             health: Arc::default(),
             clock: Clock::default(),
+            sessions: Default::default(),
             updates: tokio::sync::Mutex::new(()),
             status: Mutex::new(status),
             panic_path: std::sync::OnceLock::new(),

@@ -37,6 +37,7 @@ mod server;
 mod stamp;
 mod tokens;
 mod upstream;
+mod web;
 
 pub use app::StartError;
 pub use server::{run, Server};

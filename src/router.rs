@@ -265,6 +265,11 @@ pub(crate) async fn dispatch(
             }
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
+        Route::Admin(segments) => {
+            let (resp, who) = Box::pin(crate::web::handle(app, snap, req, peer, segments)).await;
+            out.token = who;
+            Ok(resp)
+        }
         Route::Api(segments) => {
             // Boxed, like the other cold paths: the request future stays small, and cheap to move, for file requests.
             let (resp, who) = Box::pin(crate::admin::handle(app, snap, req, peer, segments)).await;

@@ -652,3 +652,23 @@ except Exception as e:
     assert_eq!((hidden["ok"].as_bool(), hidden["status"].as_u64()), (Some(false), Some(404)), "{hidden}");
     proxy.stop().await;
 }
+
+/// (web) A token made on the token pages, in a real browser, installs with py-rattler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_made_in_the_browser_installs() {
+    let Some(python) = venv::python(venv::RATTLER).await else { return };
+    let Some(browser) = browser::Browser::start().await else { return };
+    let demo = Demo::new();
+    let expires = Some(time::OffsetDateTime::now_utc() + time::Duration::days(400));
+    let login = demo.token_with("web", "bob", "api:read api:write conda:download", expires, None);
+    let proxy = Proxy::start(demo.config()).await;
+    let admin = proxy.url("/admin");
+    browser.sign_in(&admin, &login).await;
+    let token = browser.create_token(&admin, "from-the-browser", &["conda:download"], "30", &["mychan"]).await;
+    browser.close().await;
+    let scratch = Scratch::new();
+    let client = Client { python: &python, scratch: &scratch, mode: "sharded" };
+    let r = client.run("web-token", &proxy.url(&format!("/t/{token}/mychan")), "alpha", &[], "success").await;
+    r.assert_installed(&["alpha", "beta"]);
+    proxy.stop().await;
+}

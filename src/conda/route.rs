@@ -5,7 +5,7 @@
 //! [/t/<TOKEN>]/<channel>[/label/<label>]/<subdir>/<file>
 //! [/t/<TOKEN>]/<channel>[/label/<label>]/<subdir>/shards/<64 hex>.msgpack.zst
 //! [/t/<TOKEN>]/<channel>/notices.json
-//! /api/…  /healthz  /readyz  /metrics
+//! /api/…  /admin/…  /healthz  /readyz  /metrics
 //! ```
 //! Each segment is percent-decoded once, on its own. A segment of a channel path must then hold only the characters
 //! conda itself uses in channel, label, subdir and file names (`A-Z a-z 0-9 . _ - + !`), and must not be `.`, `..` or
@@ -258,6 +258,8 @@ pub enum Route {
     Channel(ChannelPath),
     /// The admin API; holds the decoded segments after `api`.
     Api(Vec<String>),
+    /// The token pages; holds the decoded segments after `admin`.
+    Admin(Vec<String>),
     /// Liveness.
     Health,
     /// Readiness.
@@ -392,12 +394,21 @@ pub fn parse(path: &str, base_path: &str) -> Result<Route, RouteError> {
     };
     let mut raw = rest.split('/');
     let first_raw = raw.next().unwrap_or_default();
-    if lead_token.is_some() && matches!(first_raw, "api" | "healthz" | "readyz" | "metrics" | "t") {
+    if lead_token.is_some() && matches!(first_raw, "api" | "admin" | "healthz" | "readyz" | "metrics" | "t") {
         return Err(RouteError::NotServed);
     }
     if first_raw == "api" {
         let segs = raw.map(|r| decode_segment(r).map(|(s, _)| s.into_owned())).collect::<Result<_, _>>()?;
         return Ok(Route::Api(segs));
+    }
+    if first_raw == "admin" {
+        // `/admin/` is `/admin`: a trailing slash names no page.
+        let mut raw: Vec<&str> = raw.collect();
+        if raw.last() == Some(&"") {
+            raw.pop();
+        }
+        let segs = raw.into_iter().map(|r| decode_segment(r).map(|(s, _)| s.into_owned())).collect::<Result<_, _>>()?;
+        return Ok(Route::Admin(segs));
     }
     let first = channel_segment(first_raw)?;
     // Every segment is decoded and checked, however many there are, so a hostile path is refused as such; a channel
@@ -778,6 +789,10 @@ mod tests {
         let api = parse("/api/a/b/c/d/e/f/g/h/i/j%20k", "").unwrap();
         let want = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j k"].map(String::from);
         assert_eq!(api, Route::Api(want.to_vec()));
+        assert_eq!(parse("/admin/tokens/a%3Cb", "").unwrap(), Route::Admin(vec!["tokens".into(), "a<b".into()]));
+        assert_eq!(parse("/base/admin/", "/base").unwrap(), Route::Admin(vec![]));
+        assert_eq!(parse("/admin", "").unwrap(), Route::Admin(vec![]));
+        assert_eq!(parse("/t/tok/base/admin/", "/base"), Err(RouteError::NotServed));
         assert_eq!(chan("/c/notices.json").upstream_path(), "notices.json");
     }
 

@@ -19,7 +19,7 @@ use super::{
 use crate::names::name_problem;
 
 /// Path segments that mean something else to condagate and so cannot be channel names.
-const RESERVED: [&str; 6] = ["t", "api", "healthz", "readyz", "metrics", "label"];
+const RESERVED: [&str; 7] = ["t", "api", "admin", "healthz", "readyz", "metrics", "label"];
 
 /// The problems found so far, each `key: what is wrong`.
 #[derive(Default)]

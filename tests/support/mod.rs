@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod browser;
 pub mod mirrors;
 pub mod postgres;
 pub mod seaweed;
