@@ -164,7 +164,7 @@ pub struct App {
     /// The clock token expiry is judged by.
     pub clock: Clock,
     /// Signed-in browsers of the token pages.
-    pub sessions: crate::web::session::Sessions,
+    pub sessions: crate::auth::session::Sessions,
     updates: tokio::sync::Mutex<()>,
     status: Mutex<ReloadStatus>,
     /// Test support: a request for exactly this path, which must be one condagate does not serve, panics in its

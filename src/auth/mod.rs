@@ -2,6 +2,7 @@
 //! `Authorization` header, and its check against the token table, with the throttle. The channel file path and the
 //! admin API both come through here.
 
+pub mod session;
 pub mod throttle;
 
 use std::net::IpAddr;

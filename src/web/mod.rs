@@ -22,7 +22,6 @@
 //! URL, log line or page but the one showing.
 
 pub mod pages;
-pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,13 +38,13 @@ use time::OffsetDateTime;
 use crate::admin;
 use crate::app::{App, Snapshot};
 use crate::auth::check_token;
+use crate::auth::session::{self, same_secret, Created, Session};
 use crate::clock::format_time;
 use crate::error::Error;
 use crate::http::body::{full, Body};
 use crate::policy::{self, Denied, Policy};
 use crate::tokens::{Scope, Token, TokenRecord};
 use pages::{Filled, Frame};
-use session::{same_secret, Created, Session};
 
 /// The session cookie.
 const SESSION_COOKIE: &str = "condagate_session";

@@ -1,4 +1,4 @@
-//! Sign-in sessions of the token pages: a random id in an `HttpOnly`, `SameSite=Strict` cookie, kept here by its
+//! Sign-in sessions of the token pages (`crate::web`): a random id in an `HttpOnly`, `SameSite=Strict` cookie, kept here by its
 //! digest with the digest of the token that opened it, never the token itself.
 //!
 //! A session ends at sign-out, after [`LIFETIME`], at its token's own expiry, whichever comes first, and as soon as
