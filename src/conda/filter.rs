@@ -1,5 +1,8 @@
 //! Filtering repodata for a view: `repodata.json` in one pass over its bytes, and the CEP-16 shard index.
 //!
+//! Views of a held document are made from its span index ([`super::spans`]), which uses this module's scanner once
+//! per document; [`filter_repodata`] stays as the single-pass reference the index is tested and fuzzed against.
+//!
 //! The JSON filter does not build a document tree. It walks the top-level object and the package maps
 //! (`packages`, `packages.conda`, and the maps under `v3`) with a byte scanner, copies every kept record's bytes
 //! through untouched and skips the others, so its cost is one read of the input and one write of the output, and its
@@ -22,9 +25,9 @@ pub struct FilterError {
     pub what: &'static str,
 }
 
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
+pub(super) struct Scanner<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) i: usize,
 }
 
 /// Bytes that end a scalar (number, `true`, `false`, `null`).
@@ -33,7 +36,7 @@ fn ends_scalar(c: u8) -> bool {
 }
 
 impl<'a> Scanner<'a> {
-    fn err(&self, what: &'static str) -> FilterError {
+    pub(super) fn err(&self, what: &'static str) -> FilterError {
         FilterError { at: self.i, what }
     }
 
@@ -47,7 +50,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn peek(&mut self) -> Option<u8> {
+    pub(super) fn peek(&mut self) -> Option<u8> {
         self.ws();
         self.b.get(self.i).copied()
     }
@@ -81,7 +84,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips one value of any kind; returns its byte range.
-    fn value(&mut self) -> Result<(usize, usize), FilterError> {
+    pub(super) fn value(&mut self) -> Result<(usize, usize), FilterError> {
         let start = match self.peek() {
             Some(_) => self.i,
             None => return Err(self.err("a value")),
@@ -145,7 +148,7 @@ impl<'a> Scanner<'a> {
 
     /// Walks an object, calling `member` with each key (raw and decoded) while `i` is at the member's value; the
     /// callback must consume the value. Handles commas and the closing brace.
-    fn object(
+    pub(super) fn object(
         &mut self,
         mut member: impl FnMut(&mut Self, &'a [u8], &str) -> Result<(), FilterError>,
     ) -> Result<(), FilterError> {
@@ -234,7 +237,7 @@ fn filter_package_map(s: &mut Scanner<'_>, out: &mut Vec<u8>, decide: &mut Decid
     Ok(())
 }
 
-fn is_absolute_url(u: &str) -> bool {
+pub(super) fn is_absolute_url(u: &str) -> bool {
     u.contains("://") || u.starts_with("//")
 }
 

@@ -2,4 +2,5 @@
 
 pub mod filter;
 pub mod route;
+pub mod spans;
 pub mod view;

@@ -21,8 +21,9 @@ use quick_cache::Weighter;
 use sha2::{Digest as _, Sha256};
 
 use crate::clock;
-use crate::conda::filter::{self, ShardIndex};
+use crate::conda::filter::ShardIndex;
 use crate::conda::route::{ChannelPath, FileKind};
+use crate::conda::spans::Spans;
 use crate::config::{Channel, Source};
 use crate::error::{Error, UpstreamError};
 use crate::http::body::Body;
@@ -82,6 +83,8 @@ struct Held {
     absolute_base_url: bool,
     shard_names: Option<Arc<std::collections::HashMap<[u8; 32], String>>>,
     index: Option<Arc<ShardIndex>>,
+    /// For a JSON document: where each package's records are, so a view costs what it holds.
+    spans: Option<Arc<Spans>>,
 }
 
 /// The view cache and the upstream documents it is computed from.
@@ -115,6 +118,7 @@ enum Parsed {
         absolute_base_url: bool,
         shard_names: Option<Arc<std::collections::HashMap<[u8; 32], String>>>,
         index: Option<Arc<ShardIndex>>,
+        spans: Option<Arc<Spans>>,
     },
 }
 
@@ -128,10 +132,12 @@ fn parse(doc: Document, previous: Option<Arc<Held>>, channel: &str, rel: &str) -
     if rel.ends_with("repodata_shards.msgpack.zst") {
         let idx = ShardIndex::decode(&doc.bytes).map_err(|e| bad(e.to_string()))?;
         let (abs, names) = (idx.has_absolute_urls(), Some(Arc::new(idx.names_by_hash())));
-        return Ok(Parsed::New { doc, absolute_base_url: abs, shard_names: names, index: Some(Arc::new(idx)) });
+        let index = Some(Arc::new(idx));
+        return Ok(Parsed::New { doc, absolute_base_url: abs, shard_names: names, index, spans: None });
     }
-    let abs = filter::has_absolute_base_url(&doc.bytes).map_err(|e| bad(e.to_string()))?;
-    Ok(Parsed::New { doc, absolute_base_url: abs, shard_names: None, index: None })
+    let spans = Spans::index(&doc.bytes).map_err(|e| bad(e.to_string()))?;
+    let abs = spans.has_absolute_base_url();
+    Ok(Parsed::New { doc, absolute_base_url: abs, shard_names: None, index: None, spans: Some(Arc::new(spans)) })
 }
 
 /// Documents fetched and parsed at once, at most.
@@ -288,9 +294,10 @@ impl Views {
                             absolute_base_url: previous.absolute_base_url,
                             shard_names: previous.shard_names.clone(),
                             index: previous.index.clone(),
+                            spans: previous.spans.clone(),
                         })
                     }
-                    Parsed::New { doc, absolute_base_url, shard_names, index } => {
+                    Parsed::New { doc, absolute_base_url, shard_names, index, spans } => {
                         let validators =
                             Validators::new(&quoted_etag(&doc.validator), doc.modified).map_err(bad_etag)?;
                         Arc::new(Held {
@@ -302,6 +309,7 @@ impl Views {
                             absolute_base_url,
                             shard_names,
                             index,
+                            spans,
                         })
                     }
                 };
@@ -491,8 +499,9 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendere
                 idx.encode_filtered(&allow).map_err(|e| e.to_string())
             }
             Form::Json | Form::Zst => {
+                let spans = held.spans.as_ref().ok_or("repodata not indexed")?;
                 let mut out = Vec::new();
-                filter::filter_repodata(&held.doc.bytes, &allow, &mut out).map_err(|e| e.to_string())?;
+                spans.render(&held.doc.bytes, &allow, &mut out);
                 if form == Form::Zst {
                     out = zstd::bulk::compress(&out, 3).map_err(|e| e.to_string())?;
                 }
