@@ -6,7 +6,8 @@
 //! committed, made in memory), then times, as the median of 5 runs:
 //! - indexing the document once (done when it is fetched, off the serving threads);
 //! - a cold 10 % view and a cold 90 % view (every tenth name, nine names in ten), as JSON, by both ways;
-//! - the `.zst` of those views: compressing the output at the level condagate uses (3), and at level 1;
+//! - the `.zst` of those views: compressing the JSON view at levels 3 and 1, and as condagate serves it (level 3
+//!   up to 8 MiB, level 1 on zstd's threads above, compressed while it is assembled: no JSON copy is made);
 //!
 //! and prints the process's peak RSS at the end. Results and their reading are in `docs/performance.md`.
 
@@ -41,11 +42,17 @@ fn peak_rss_mib() -> String {
     kb.and_then(|k| k.parse::<u64>().ok()).map_or_else(|| "unknown".into(), |k| format!("{} MiB", k / 1024))
 }
 
+/// The `.zst` of a view as condagate makes it: compressed as it is assembled from the index.
+fn zst_as_served(spans: &Spans, doc: &[u8], allow: &dyn Fn(&str) -> bool) -> Vec<u8> {
+    let (level, workers) = condagate::internals::conda::view::zst_settings(spans.view_len(allow));
+    spans.render_zst(doc, allow, level, workers).unwrap()
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![20_000, 100_000, 400_000] } else { sizes };
-    println!("| N | document | index once | names / runs | index memory | view | one pass (before) | spans (after) | ratio | .zst level 3 | .zst level 1 | .zst size (json) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | document | index once | names / runs | index memory | view | one pass (before) | spans (after) | ratio | .zst level 3 | .zst level 1 | .zst as served | .zst sizes: 3 / 1 / served (json) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         let names = (n / 30).max(1);
         let doc = common::repodata(n, names);
@@ -71,9 +78,10 @@ fn main() {
             let mut view = Vec::new();
             spans.render(&doc, &allow, &mut view);
             let (zst3, zst3_len) = median(|| zstd::bulk::compress(&view, 3).unwrap().len());
-            let (zst1, _) = median(|| zstd::bulk::compress(&view, 1).unwrap().len());
+            let (zst1, zst1_len) = median(|| zstd::bulk::compress(&view, 1).unwrap().len());
+            let (zst_view, zst_view_len) = median(|| zst_as_served(&spans, &doc, &allow).len());
             println!(
-                "| {n} | {:.0} MB | {} | {distinct} / {runs} | {} KiB | {label} | {} | {} | {:.1}x | {} | {} | {:.1} / {:.1} MB |",
+                "| {n} | {:.0} MB | {} | {distinct} / {runs} | {} KiB | {label} | {} | {} | {:.1}x | {} | {} | {} | {:.1} / {:.1} / {:.1} / {:.1} MB |",
                 doc.len() as f64 / 1e6,
                 ms(index_time),
                 spans.heap_bytes() / 1024,
@@ -82,7 +90,10 @@ fn main() {
                 before.as_secs_f64() / after.as_secs_f64().max(1e-9),
                 ms(zst3),
                 ms(zst1),
+                ms(zst_view),
                 zst3_len as f64 / 1e6,
+                zst1_len as f64 / 1e6,
+                zst_view_len as f64 / 1e6,
                 after_len as f64 / 1e6,
             );
         }

@@ -11,6 +11,7 @@
 //! reference the tests and the fuzz target compare against), except that records keep the whitespace they had.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::ops::Range;
 
 use super::filter::{is_absolute_url, FilterError, Scanner};
@@ -200,86 +201,140 @@ impl Spans {
         names + self.runs * std::mem::size_of::<Run>() + self.parts.len() * std::mem::size_of::<Part>()
     }
 
+    /// Which names `allow` accepts, by id: asked once per distinct name.
+    fn shown(&self, allow: &dyn Fn(&str) -> bool) -> Vec<bool> {
+        self.names.iter().map(|n| allow(n)).collect()
+    }
+
+    /// The exact length of the view [`Spans::render`] makes for `allow`.
+    pub fn view_len(&self, allow: &dyn Fn(&str) -> bool) -> usize {
+        let shown = self.shown(allow);
+        self.len_with(&|id| keep(&shown, id))
+    }
+
+    fn len_with(&self, keep: &dyn Fn(u32) -> bool) -> usize {
+        joined(self.parts.iter().map(|p| part_len(p, keep)))
+    }
+
     /// Appends to `out` the view of `doc` (the document [`Spans::index`] read) that holds only the records of names
     /// `allow` accepts. `allow` is asked once per distinct name.
     pub fn render(&self, doc: &[u8], allow: &dyn Fn(&str) -> bool, out: &mut Vec<u8>) {
-        let shown: Vec<bool> = self.names.iter().map(|n| allow(n)).collect();
-        let keep = |id: u32| shown.get(id as usize).copied().unwrap_or(false);
-        let size: usize = self.parts.iter().map(|p| part_size(p, &keep)).sum();
-        out.reserve(size + 2 + self.parts.len());
-        out.push(b'{');
+        let shown = self.shown(allow);
+        let keep = |id: u32| keep(&shown, id);
+        out.reserve(self.len_with(&keep));
+        // Writing to a Vec cannot fail.
+        let _ = self.write_with(doc, &keep, out);
+    }
+
+    /// The `.zst` of the view [`Spans::render`] would make, compressed as it is assembled (the JSON is never held
+    /// whole): one zstd frame at `level` on `workers` of zstd's threads (0: this thread), its size in the header.
+    pub fn render_zst(
+        &self,
+        doc: &[u8],
+        allow: &dyn Fn(&str) -> bool,
+        level: i32,
+        workers: u32,
+    ) -> std::io::Result<Vec<u8>> {
+        let shown = self.shown(allow);
+        let keep = |id: u32| keep(&shown, id);
+        let len = self.len_with(&keep);
+        let mut z = zstd::stream::write::Encoder::new(Vec::with_capacity(len / 8), level)?;
+        z.include_contentsize(true)?;
+        z.set_pledged_src_size(Some(len as u64))?;
+        if workers > 0 {
+            z.multithread(workers)?;
+        }
+        self.write_with(doc, &keep, &mut z)?;
+        z.finish()
+    }
+
+    fn write_with(&self, doc: &[u8], keep: &dyn Fn(u32) -> bool, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(b"{")?;
         for (i, part) in self.parts.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.write_all(b",")?;
             }
-            write_part(part, doc, &keep, out);
+            write_part(part, doc, keep, out)?;
         }
-        out.push(b'}');
+        out.write_all(b"}")
     }
 }
 
-fn part_size(p: &Part, keep: &dyn Fn(u32) -> bool) -> usize {
+fn keep(shown: &[bool], id: u32) -> bool {
+    shown.get(id as usize).copied().unwrap_or(false)
+}
+
+/// The length of items written with a comma between each two, inside one pair of brackets.
+fn joined(lens: impl Iterator<Item = usize>) -> usize {
+    let (mut sum, mut n) = (0usize, 0usize);
+    for l in lens {
+        sum += l;
+        n += 1;
+    }
+    2 + sum + n.saturating_sub(1)
+}
+
+fn part_len(p: &Part, keep: &dyn Fn(u32) -> bool) -> usize {
     match p {
-        Part::Member { key, value } => key.len() + value.len() + 1,
-        Part::Map { key, runs } => {
-            key.len() + 3 + runs.iter().filter(|r| keep(r.name)).map(|r| r.bytes.len() + 1).sum::<usize>()
+        Part::Member { key, value } => key.len() + 1 + value.len(),
+        Part::Map { key, runs } => key.len() + 1 + joined(runs.iter().filter(|r| keep(r.name)).map(|r| r.bytes.len())),
+        Part::V3 { key, parts } => key.len() + 1 + joined(parts.iter().map(|p| part_len(p, keep))),
+        Part::Info { key, value } => key.len() + 1 + value.len(),
+        Part::Removed { key, entries } => {
+            key.len() + 1 + joined(entries.iter().filter(|(id, _)| keep(*id)).map(|(_, e)| e.len()))
         }
-        Part::V3 { key, parts } => key.len() + 3 + parts.iter().map(|p| part_size(p, keep) + 1).sum::<usize>(),
-        Part::Info { key, value } => key.len() + value.len() + 1,
-        Part::Removed { key, entries } => key.len() + 3 + entries.iter().map(|(_, e)| e.len() + 1).sum::<usize>(),
     }
 }
 
-fn write_part(p: &Part, doc: &[u8], keep: &dyn Fn(u32) -> bool, out: &mut Vec<u8>) {
-    let key = |out: &mut Vec<u8>, k: &Range<usize>| {
-        out.extend_from_slice(&doc[k.clone()]);
-        out.push(b':');
+/// Writes `items` with a comma between each two, inside `open` and `close`.
+fn write_joined<'i>(
+    out: &mut dyn Write,
+    open: u8,
+    close: u8,
+    items: impl Iterator<Item = &'i [u8]>,
+) -> std::io::Result<()> {
+    out.write_all(&[open])?;
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        out.write_all(item)?;
+    }
+    out.write_all(&[close])
+}
+
+fn write_part(p: &Part, doc: &[u8], keep: &dyn Fn(u32) -> bool, out: &mut dyn Write) -> std::io::Result<()> {
+    let key = |out: &mut dyn Write, k: &Range<usize>| -> std::io::Result<()> {
+        out.write_all(&doc[k.clone()])?;
+        out.write_all(b":")
     };
     match p {
         Part::Member { key: k, value } => {
-            key(out, k);
-            out.extend_from_slice(&doc[value.clone()]);
+            key(out, k)?;
+            out.write_all(&doc[value.clone()])
         }
         Part::Map { key: k, runs } => {
-            key(out, k);
-            out.push(b'{');
-            let mut first = true;
-            for r in runs.iter().filter(|r| keep(r.name)) {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.extend_from_slice(&doc[r.bytes.clone()]);
-            }
-            out.push(b'}');
+            key(out, k)?;
+            write_joined(out, b'{', b'}', runs.iter().filter(|r| keep(r.name)).map(|r| &doc[r.bytes.clone()]))
         }
         Part::V3 { key: k, parts } => {
-            key(out, k);
-            out.push(b'{');
+            key(out, k)?;
+            out.write_all(b"{")?;
             for (i, part) in parts.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.write_all(b",")?;
                 }
-                write_part(part, doc, keep, out);
+                write_part(part, doc, keep, out)?;
             }
-            out.push(b'}');
+            out.write_all(b"}")
         }
         Part::Info { key: k, value } => {
-            key(out, k);
-            out.extend_from_slice(value);
+            key(out, k)?;
+            out.write_all(value)
         }
         Part::Removed { key: k, entries } => {
-            key(out, k);
-            out.push(b'[');
-            let mut first = true;
-            for (_, e) in entries.iter().filter(|(id, _)| keep(*id)) {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.extend_from_slice(e);
-            }
-            out.push(b']');
+            key(out, k)?;
+            write_joined(out, b'[', b']', entries.iter().filter(|(id, _)| keep(*id)).map(|(_, e)| &e[..]))
         }
     }
 }
@@ -330,6 +385,14 @@ mod tests {
             let allow = |n: &str| names.iter().position(|&m| m == n).is_some_and(|i| mask & (1 << i) != 0);
             let (reference, spans) = both(DOC, &allow);
             assert_eq!(reference, spans, "mask {mask:b}");
+            let index = Spans::index(DOC.as_bytes()).unwrap();
+            let mut json = Vec::new();
+            index.render(DOC.as_bytes(), &allow, &mut json);
+            assert_eq!(index.view_len(&allow), json.len(), "mask {mask:b}: the announced length");
+            for workers in [0, 2] {
+                let zst = index.render_zst(DOC.as_bytes(), &allow, 3, workers).unwrap();
+                assert_eq!(zstd::bulk::decompress(&zst, json.len()).unwrap(), json, "mask {mask:b}: the .zst");
+            }
         }
     }
 

@@ -485,6 +485,22 @@ fn with_age(mut resp: Response<Body>, doc: &Document) -> Response<Body> {
     resp
 }
 
+/// Views up to this size are compressed at zstd's level 3, as conda-forge's own `.zst` files are; bigger ones at
+/// level 1 on several threads (see [`zst_settings`]).
+pub const ZST_SMALL_VIEW: usize = 8 << 20;
+
+/// The zstd level and worker threads for a view of `len` JSON bytes. A view's `.zst` is one zstd frame, compressed
+/// as the view is assembled: clients read only the first frame of a `.zst` (py-rattler 0.28 stops there, and so
+/// does python-zstandard's `decompress`), so a view cannot be stitched from frames made in advance. Up to
+/// [`ZST_SMALL_VIEW`]: level 3 on the rendering thread. Beyond: level 1 (about half level 3's CPU time on
+/// repodata, for a file of about the same size), split over up to four of zstd's threads within the one frame.
+pub fn zst_settings(len: usize) -> (i32, u32) {
+    if len <= ZST_SMALL_VIEW {
+        return (3, 0);
+    }
+    (1, std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) as u32)
+}
+
 async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendered, Error> {
     let held = Arc::clone(held);
     let view = view.clone();
@@ -498,14 +514,16 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendere
                 let idx = held.index.as_ref().ok_or("shard index not decoded")?;
                 idx.encode_filtered(&allow).map_err(|e| e.to_string())
             }
-            Form::Json | Form::Zst => {
+            Form::Json => {
                 let spans = held.spans.as_ref().ok_or("repodata not indexed")?;
                 let mut out = Vec::new();
                 spans.render(&held.doc.bytes, &allow, &mut out);
-                if form == Form::Zst {
-                    out = zstd::bulk::compress(&out, 3).map_err(|e| e.to_string())?;
-                }
                 Ok(out)
+            }
+            Form::Zst => {
+                let spans = held.spans.as_ref().ok_or("repodata not indexed")?;
+                let (level, workers) = zst_settings(spans.view_len(&allow));
+                spans.render_zst(&held.doc.bytes, &allow, level, workers).map_err(|e| e.to_string())
             }
         }
     })
@@ -541,6 +559,32 @@ mod tests {
         assert!(views.document(&*up, channel, "noarch/repodata.json").await.is_ok());
         assert_eq!(views.loading.len(), 0, "load gates left behind");
         assert_eq!(views.docs.load().get("c").map_or(0, |d| d.len()), 1, "only the document that exists is held");
+    }
+
+    #[test]
+    fn a_big_view_compresses_to_one_frame_that_decodes_to_it() {
+        let mut doc = b"{\"packages\":{".to_vec();
+        let mut i = 0u64;
+        while doc.len() <= 2 * ZST_SMALL_VIEW {
+            doc.extend_from_slice(
+                format!("\"p{i}-1.0-0.conda\":{{\"name\":\"p{i}\",\"size\":{}}},", i * 7919).as_bytes(),
+            );
+            i += 1;
+        }
+        doc.extend_from_slice(b"\"z-1-0.conda\":{}}}");
+        let spans = Spans::index(&doc).unwrap();
+        // Every name but a few: a view above the small-view size, so compressed on zstd's threads.
+        let allow = |n: &str| !n.ends_with('7');
+        let len = spans.view_len(&allow);
+        assert!(len > ZST_SMALL_VIEW);
+        let (level, workers) = zst_settings(len);
+        let zst = spans.render_zst(&doc, &allow, level, workers).unwrap();
+        let mut one = Vec::new();
+        let mut d = zstd::stream::read::Decoder::new(&zst[..]).unwrap().single_frame();
+        std::io::Read::read_to_end(&mut d, &mut one).unwrap();
+        let mut json = Vec::new();
+        spans.render(&doc, &allow, &mut json);
+        assert!(one == json, "the first frame holds the whole view");
     }
 
     #[test]
