@@ -748,3 +748,51 @@ async fn the_same_bytes_under_a_new_stamp_render_nothing_again() {
     assert_eq!(cache_counts(&p).await.1, misses + 1.0);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_view_is_served_from_its_previous_generation_while_the_new_one_renders() {
+    let demo = Demo::with("[upstream]\ndir = \"channels\"\nrecheck = \"0s\"", "");
+    let bob = Who::new(&demo, "bob");
+    // A channel big enough that bob's view holds more than STALE_WHILE_RENDER (8 MiB) of JSON.
+    let rel = "mychan/noarch/repodata.json";
+    let mut doc = json_file(&demo, rel);
+    let alpha = doc["packages"]["alpha-1.0-0.tar.bz2"].clone();
+    for i in 0..9_000 {
+        let mut r = alpha.clone();
+        r["version"] = format!("1.{i}").into();
+        r["padding"] = "x".repeat(1000).into();
+        doc["packages"][format!("alpha-1.{i}-0.tar.bz2")] = r;
+    }
+    rewrite(&demo, rel, &serde_json::to_vec(&doc).unwrap(), 10);
+    let p = Proxy::start(demo.config()).await;
+    let json = "/mychan/noarch/repodata.json";
+    let b1 = bob.get(&p, json).await;
+    assert_eq!(b1.status, 200);
+    assert!(b1.body.len() > 8 << 20, "the view is big: {} bytes", b1.body.len());
+    let e1 = b1.header("etag").unwrap().to_owned();
+
+    // The channel changes: the first request after it gets the view it had, at once, and starts the new render.
+    doc["packages"].as_object_mut().unwrap().remove("alpha-1.5-0.tar.bz2");
+    rewrite(&demo, rel, &serde_json::to_vec(&doc).unwrap(), 20);
+    let b2 = bob.get(&p, json).await;
+    assert_eq!(b2.header("etag"), Some(e1.as_str()), "served from the previous generation");
+    assert!(b2.body == b1.body);
+    support::eventually_async(Duration::from_secs(20), "the new view", || async {
+        let g = bob.get(&p, json).await;
+        g.header("etag") != Some(e1.as_str()) && g.json()["packages"].get("alpha-1.5-0.tar.bz2").is_none()
+    })
+    .await;
+
+    // A permission change is never answered from an older view: bob loses beta*, and his very next view lacks it.
+    let config = std::fs::read_to_string(demo.config_path()).unwrap();
+    let narrowed = config.replace("packages = [\"alpha\", \"beta*\"]", "packages = [\"alpha\"]");
+    assert_ne!(config, narrowed, "the demo's group changed shape");
+    std::fs::write(demo.config_path(), narrowed).unwrap();
+    p.app.reload_all().await.unwrap();
+    let b3 = bob.get(&p, json).await;
+    assert_eq!(b3.status, 200);
+    let v = b3.json();
+    assert!(keys(&v, "packages").iter().all(|k| k.starts_with("alpha-")), "beta after the change");
+    assert!(keys(&v, "packages.conda").is_empty(), "{:?}", keys(&v, "packages.conda"));
+    p.stop().await;
+}

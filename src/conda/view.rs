@@ -55,6 +55,8 @@ struct ViewKey {
 pub struct Rendered {
     bytes: Bytes,
     validators: Validators,
+    /// The length of the JSON it holds (before compression): what rendering it again would cost.
+    json_len: usize,
 }
 
 #[derive(Clone)]
@@ -85,11 +87,14 @@ struct Held {
     index: Option<Arc<ShardIndex>>,
     /// For a JSON document: where each package's records are, so a view costs what it holds.
     spans: Option<Arc<Spans>>,
+    /// The generation this one replaced (same channel source and path): its big views are served while the new
+    /// ones render.
+    previous_generation: Option<String>,
 }
 
 /// The view cache and the upstream documents it is computed from.
 pub struct Views {
-    cache: Cache<ViewKey, Arc<Rendered>, ByBytes>,
+    cache: Arc<Cache<ViewKey, Arc<Rendered>, ByBytes>>,
     /// Upstream documents by channel name, then path.
     /// Read by every repodata request and changed only when a document is fetched, so it is swapped whole rather
     /// than locked: reading it writes to nothing other threads share.
@@ -99,7 +104,9 @@ pub struct Views {
     loads: tokio::sync::Semaphore,
     /// Bounds the views rendered at once (one per core): each holds its output until it is cached, so cold renders
     /// of many distinct permission sets add at most this many views' bytes at a time.
-    renders: tokio::sync::Semaphore,
+    renders: Arc<tokio::sync::Semaphore>,
+    /// Views rendered in the background while the previous generation's copy is served: one render per key.
+    rendering: Arc<DashMap<ViewKey, ()>>,
     hits: AtomicU64,
     misses: AtomicU64,
     /// How long a held document is trusted without asking the upstream (`upstream.recheck`).
@@ -139,6 +146,10 @@ fn parse(doc: Document, previous: Option<Arc<Held>>, channel: &str, rel: &str) -
     let abs = spans.has_absolute_base_url();
     Ok(Parsed::New { doc, absolute_base_url: abs, shard_names: None, index: None, spans: Some(Arc::new(spans)) })
 }
+
+/// Views holding more JSON than this are, after an upstream change, served from the previous generation while the
+/// new one renders; smaller ones render in a few milliseconds, and are waited for.
+pub const STALE_WHILE_RENDER: usize = 8 << 20;
 
 /// Documents fetched and parsed at once, at most.
 pub const MAX_CONCURRENT_LOADS: usize = 4;
@@ -204,12 +215,13 @@ impl Views {
             .expect("the view cache options are valid");
         let cache = Cache::with_options(options, ByBytes, Default::default(), Default::default());
         Views {
-            cache,
+            cache: Arc::new(cache),
+            rendering: Arc::default(),
             docs: ArcSwap::default(),
             epoch: Instant::now(),
             loading: DashMap::new(),
             loads: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS),
-            renders: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from)),
+            renders: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from))),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             recheck,
@@ -295,9 +307,12 @@ impl Views {
                             shard_names: previous.shard_names.clone(),
                             index: previous.index.clone(),
                             spans: previous.spans.clone(),
+                            previous_generation: previous.previous_generation.clone(),
                         })
                     }
                     Parsed::New { doc, absolute_base_url, shard_names, index, spans } => {
+                        let previous_generation =
+                            held.as_ref().filter(|p| p.source == channel.source).map(|p| p.generation.clone());
                         let validators =
                             Validators::new(&quoted_etag(&doc.validator), doc.modified).map_err(bad_etag)?;
                         Arc::new(Held {
@@ -310,6 +325,7 @@ impl Views {
                             shard_names,
                             index,
                             spans,
+                            previous_generation,
                         })
                     }
                 };
@@ -402,6 +418,35 @@ impl Views {
         Ok(held.shard_names.as_ref().and_then(|m| m.get(hash)).is_some_and(|name| visible.allows(name)))
     }
 
+    /// The previous generation's copy of the view `key` asks for, when there is one and it is big enough that
+    /// waiting for a new render would be felt ([`STALE_WHILE_RENDER`]).
+    fn previous_view(&self, held: &Held, key: &ViewKey) -> Option<Arc<Rendered>> {
+        let previous = held.previous_generation.as_ref()?;
+        let old = ViewKey { validator: previous.clone(), ..key.clone() };
+        self.cache.get(&old).filter(|r| r.json_len > STALE_WHILE_RENDER)
+    }
+
+    /// Renders `key` on its own task and caches it, unless that is under way already.
+    fn render_in_background(&self, held: &Arc<Held>, key: &ViewKey, view: &Grant) {
+        if self.rendering.insert(key.clone(), ()).is_some() {
+            return;
+        }
+        let (cache, renders, rendering) =
+            (Arc::clone(&self.cache), Arc::clone(&self.renders), Arc::clone(&self.rendering));
+        let (held, key, view) = (Arc::clone(held), key.clone(), view.clone());
+        tokio::spawn(async move {
+            if let Ok(_turn) = renders.acquire_owned().await {
+                match render(&held, &key, &view).await {
+                    Ok(r) => cache.insert(key.clone(), Arc::new(r)),
+                    Err(e) => {
+                        tracing::warn!(channel = %key.channel, source = %key.source, error = %e, "a view could not be rendered")
+                    }
+                }
+            }
+            rendering.remove(&key);
+        });
+    }
+
     /// Serves a repodata form (`repodata.json[.zst|.bz2]`, `current_repodata.json`, the shard index) for `view`.
     /// `Ok(None)` means "serve the upstream file as it is".
     pub async fn serve(
@@ -456,6 +501,12 @@ impl Views {
             }
             Err(guard) => {
                 self.misses.fetch_add(1, Relaxed);
+                if let Some(stale) = self.previous_view(&held, &key) {
+                    // A big view of the generation before: served while the new one renders in the background.
+                    drop(guard);
+                    self.render_in_background(&held, &key, view);
+                    return Ok(Some(with_age(respond(&stale.bytes, &stale.validators, method, headers)?, &held.doc)));
+                }
                 let _turn =
                     self.renders.acquire().await.map_err(|_| Error::Internal("the render bound is closed".into()))?;
                 let r = Arc::new(Box::pin(render(&held, &key, view)).await?);
@@ -507,23 +558,25 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendere
     let form = key.form;
     let etag = view_etag(&key.validator, key.fingerprint, form);
     // Filtering a large document is CPU work: keep it off the reactor threads.
-    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+    let (bytes, json_len) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, usize), String> {
         let allow = |name: &str| view.allows(name);
         match form {
             Form::ShardIndex => {
                 let idx = held.index.as_ref().ok_or("shard index not decoded")?;
-                idx.encode_filtered(&allow).map_err(|e| e.to_string())
+                idx.encode_filtered(&allow).map(|b| (b, 0)).map_err(|e| e.to_string())
             }
             Form::Json => {
                 let spans = held.spans.as_ref().ok_or("repodata not indexed")?;
                 let mut out = Vec::new();
                 spans.render(&held.doc.bytes, &allow, &mut out);
-                Ok(out)
+                let len = out.len();
+                Ok((out, len))
             }
             Form::Zst => {
                 let spans = held.spans.as_ref().ok_or("repodata not indexed")?;
-                let (level, workers) = zst_settings(spans.view_len(&allow));
-                spans.render_zst(&held.doc.bytes, &allow, level, workers).map_err(|e| e.to_string())
+                let len = spans.view_len(&allow);
+                let (level, workers) = zst_settings(len);
+                spans.render_zst(&held.doc.bytes, &allow, level, workers).map(|b| (b, len)).map_err(|e| e.to_string())
             }
         }
     })
@@ -532,7 +585,7 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendere
     .map_err(|e| Error::Upstream(UpstreamError::caused_by(format!("{}: cannot filter", key.source), e)))?;
     // No Last-Modified on a view: it also changes when the visible set does, which no upstream date shows, so
     // clients revalidate by the ETag, which covers both.
-    Ok(Rendered { bytes: Bytes::from(bytes), validators: Validators::new(&etag, None).map_err(bad_etag)? })
+    Ok(Rendered { bytes: Bytes::from(bytes), validators: Validators::new(&etag, None).map_err(bad_etag)?, json_len })
 }
 
 #[cfg(test)]
@@ -602,6 +655,7 @@ mod tests {
             Arc::new(Rendered {
                 bytes: Bytes::from(vec![b' '; len]),
                 validators: Validators::new("\"e\"", None).unwrap(),
+                json_len: len,
             })
         };
         // Nine tenths of the cache: more than any one of several shards would hold.
