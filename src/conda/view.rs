@@ -132,6 +132,7 @@ enum Parsed {
 /// Compares a fetched document with the version held and scans a new one. Blocking: a large document takes a pass
 /// over hundreds of megabytes.
 fn parse(doc: Document, previous: Option<Arc<Held>>, channel: &str, rel: &str) -> Result<Parsed, Error> {
+    debug_assert!(!crate::http::workers::on_a_serving_thread(), "a document parsed on a serving thread");
     if let Some(previous) = previous.filter(|p| p.doc.bytes == doc.bytes) {
         return Ok(Parsed::Same(doc, previous));
     }
@@ -559,6 +560,7 @@ async fn render(held: &Arc<Held>, key: &ViewKey, view: &Grant) -> Result<Rendere
     let etag = view_etag(&key.validator, key.fingerprint, form);
     // Filtering a large document is CPU work: keep it off the reactor threads.
     let (bytes, json_len) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, usize), String> {
+        debug_assert!(!crate::http::workers::on_a_serving_thread(), "a view rendered on a serving thread");
         let allow = |name: &str| view.allows(name);
         match form {
             Form::ShardIndex => {

@@ -87,12 +87,21 @@ impl Workers {
     }
 }
 
+/// The name every serving thread's name starts with.
+const WORKER_THREAD: &str = "condagate-worker-";
+
+/// Whether the calling thread is one that serves connections: work that takes more than a moment (reading, indexing
+/// or rendering a big document) asserts it is not, in debug builds, so that moving it onto one fails the tests.
+pub(crate) fn on_a_serving_thread() -> bool {
+    std::thread::current().name().is_some_and(|n| n.starts_with(WORKER_THREAD))
+}
+
 impl Worker {
     fn start(i: usize) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = rt.handle().clone();
-        let thread = std::thread::Builder::new().name(format!("condagate-worker-{i}")).spawn(move || {
+        let thread = std::thread::Builder::new().name(format!("{WORKER_THREAD}{i}")).spawn(move || {
             let _ = rt.block_on(stopped);
             // Connection tasks still here are dropped; a file read on the blocking pool is not waited for.
             rt.shutdown_background();
@@ -105,6 +114,20 @@ impl Worker {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn serving_threads_know_themselves_and_their_blocking_pool_does_not() {
+        let gauges = Connections::default();
+        let workers = Workers::start(1, &gauges).unwrap();
+        let handle = workers.workers[0].handle.clone();
+        let (on_worker, on_pool) = handle
+            .spawn(async { (on_a_serving_thread(), tokio::task::spawn_blocking(on_a_serving_thread).await.unwrap()) })
+            .await
+            .unwrap();
+        assert!(on_worker && !on_pool, "worker: {on_worker}, its blocking pool: {on_pool}");
+        assert!(!on_a_serving_thread(), "the test's own thread");
+        workers.stop().await;
+    }
 
     fn loads(workers: &Workers) -> Vec<usize> {
         workers.workers.iter().map(|l| l.load.load(Ordering::Relaxed)).collect()
