@@ -277,3 +277,25 @@ async fn owners_edit_their_groups_and_sessions_end_with_their_token() {
     browser.close().await;
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_live_under_the_base_path() {
+    let Some(browser) = Browser::start().await else { return };
+    let demo = Demo::with("[upstream]\ndir = \"channels\"", "base_path = \"/conda\"");
+    let login = login(&demo, "web", "bob", "api conda:download");
+    let proxy = Proxy::start(demo.config()).await;
+    let admin = proxy.url("/conda/admin");
+    browser.go(&format!("{admin}/")).await;
+    assert_eq!(browser.path().await, "/conda/admin/sign-in", "not signed in: the sign-in page under the base path");
+    browser.sign_in(&admin, &login).await;
+    let secret = browser.create_token(&admin, "under-base", &["conda:download"], "30", &[]).await;
+    let text = browser.text().await;
+    let channel = format!("{}/t/{secret}/mychan", proxy.url("/conda"));
+    assert!(text.contains(&format!("conda config --add channels {channel}")), "{text}");
+    let repodata = get(&format!("{channel}/noarch/repodata.json"), &[]).await;
+    assert_eq!(repodata.status, 200, "the line shown works");
+    // Outside the base path there are no pages.
+    assert_eq!(get(&proxy.url("/admin/sign-in"), &[]).await.status, 404);
+    browser.close().await;
+    proxy.stop().await;
+}
