@@ -19,7 +19,8 @@
 mod common;
 mod upstream_cache;
 
-use std::io::{BufRead, BufReader};
+use common::{start_condagate, token};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -271,15 +272,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// nginx, stopped the way it expects: killing only the master would leave its workers running.
 struct Nginx {
     master: Child,
@@ -354,39 +346,6 @@ fn children(parent: u32) -> Vec<u32> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(parent))
         .collect()
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn start_condagate(config: &Path) -> (Killed, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_condagate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("condagate starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().expect("condagate prints its address").to_owned();
-    (Killed(child), addr)
-}
-
-fn token(config: &Path, name: &str, user: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_condagate"))
-        .args(["token", "create", "--name", name, "--user", user, "--scopes", "conda:download", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned()
 }
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -544,11 +503,11 @@ fn idle_connections(url: &str, n: usize, pid: u32) -> (usize, f64) {
 }
 
 fn rss_now_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
+    common::status_mib(&pid.to_string(), "VmRSS")
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    common::status_mib(&pid.to_string(), "VmHWM")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -20,10 +20,10 @@
 
 mod common;
 
+use common::{start_condagate, token};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,12 +45,6 @@ fn median(mut f: impl FnMut() -> usize) -> (Duration, usize) {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn peak_rss_mib() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(|v| v.trim().trim_end_matches(" kB").to_owned());
-    kb.and_then(|k| k.parse::<u64>().ok()).map_or_else(|| "unknown".into(), |k| format!("{} MiB", k / 1024))
 }
 
 /// The `.zst` of a view as condagate makes it: compressed as it is assembled from the index.
@@ -120,30 +114,10 @@ fn main() {
             );
         }
     }
-    println!("\npeak RSS: {}", peak_rss_mib());
+    println!("\npeak RSS: {:.0} MiB", common::status_mib("self", "VmHWM"));
     if let Some(n) = server {
         through_the_server(n);
     }
-}
-
-/// The server, killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn token(config: &Path, user: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_condagate"))
-        .args(["token", "create", "--name", "bench", "--user", user, "--scopes", "conda:download", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned()
 }
 
 /// One `GET` on a fresh connection; the status and the body's length.
@@ -217,12 +191,6 @@ impl Drop for Probe {
     }
 }
 
-fn server_rss(pid: u32, key: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().trim_end_matches(" kB").to_owned());
-    kb.and_then(|k| k.parse::<u64>().ok()).map_or_else(|| "unknown".into(), |k| format!("{} MiB", k / 1024))
-}
-
 fn through_the_server(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -242,19 +210,8 @@ fn through_the_server(n: usize) {
     }
     let config_path = root.join("condagate.toml");
     std::fs::write(&config_path, config).unwrap();
-    let tokens: Vec<String> = (0..10).map(|k| token(&config_path, &format!("u{k}"))).collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_condagate"))
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
-    let server = Killed(child);
+    let tokens: Vec<String> = (0..10).map(|k| token(&config_path, "bench", &format!("u{k}"))).collect();
+    let (server, addr) = start_condagate(&config_path);
     let pid = server.0.id();
     let path = |k: usize, form: &str| format!("/t/{}/big/linux-64/{form}", tokens[k]);
     let probe = Probe::start(&addr);
@@ -309,5 +266,10 @@ fn through_the_server(n: usize) {
         probe.take()
     );
     drop(probe);
-    println!("\nserver peak RSS {}, now {}", server_rss(pid, "VmHWM:"), server_rss(pid, "VmRSS:"));
+    let pid = pid.to_string();
+    println!(
+        "\nserver peak RSS {:.0} MiB, now {:.0} MiB",
+        common::status_mib(&pid, "VmHWM"),
+        common::status_mib(&pid, "VmRSS")
+    );
 }

@@ -1,8 +1,58 @@
-//! Generated inputs shared by the benches: a realistic large repodata.json.
+//! Shared by the benches: a realistic large repodata.json, and the `condagate` binary started on a configuration.
 
 #![allow(dead_code)]
 
 use std::fmt::Write;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A server process, killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the release `condagate serve --config <config>` (no access log) and returns it with the address it printed.
+pub fn start_condagate(config: &Path) -> (Killed, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_condagate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("condagate starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit("http://").next().expect("condagate prints its address").to_owned();
+    (Killed(child), addr)
+}
+
+/// A `conda:download` token named `name` for `user`, made with `condagate token create`.
+pub fn token(config: &Path, name: &str, user: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_condagate"))
+        .args(["token", "create", "--name", name, "--user", user, "--scopes", "conda:download", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned()
+}
+
+/// A memory figure of process `pid` (`"self"` for this one) in MiB: `key` is a `/proc/<pid>/status` field such as
+/// `VmHWM` (the peak RSS) or `VmRSS`; 0 when it cannot be read.
+pub fn status_mib(pid: &str, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::to_owned)))
+        .and_then(|v| v.split_whitespace().next().and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
 
 /// A repodata.json with `records` records spread over `names` package names (half `.tar.bz2`, half `.conda`), each
 /// record shaped like conda-forge's (depends, constrains, hashes, sizes, timestamps, license).
